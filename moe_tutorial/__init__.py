@@ -9,8 +9,25 @@ from . import device, emulator
 from .device import (array_module, backend, describe, get_xp, gpu_status, is_gpu_array, launch,
                      to_numpy)
 
+# Notebook 00: the first tile program; the compiler-as-a-test helpers; exercise checkers.
+from . import check, compile, tiles
+from .tiles import vector_add, vector_add_kernel
+
+# Notebook 01: routing and alignment.
+from . import routing
+from .routing import (align, align_reference, grouped_topk, grouped_topk_reference, topk_softmax,
+                      topk_softmax_reference)
+
+# Notebook 02: the SwiGLU activation.
+from . import activation
+from .activation import silu_and_mul, silu_and_mul_reference
+
 __all__ = ["device", "emulator", "array_module", "backend", "describe", "get_xp", "gpu_status",
-           "is_gpu_array", "launch", "to_numpy", "xp"]
+           "is_gpu_array", "launch", "to_numpy", "xp",
+           "check", "compile", "tiles", "vector_add", "vector_add_kernel",
+           "routing", "align", "align_reference", "grouped_topk", "grouped_topk_reference",
+           "topk_softmax", "topk_softmax_reference",
+           "activation", "silu_and_mul", "silu_and_mul_reference"]
 
 
 def __getattr__(name):

@@ -1,0 +1,651 @@
+"""Routing for a Mixture-of-Experts layer, as cuTile kernels: router top-k and expert alignment.
+
+A router turns each token's logits over ``E`` experts into ``K`` chosen experts and their weights:
+
+* ``topk_softmax`` — softmax over the experts, keep the ``K`` largest (Mixtral, Qwen3-MoE);
+* ``grouped_topk`` — DeepSeek-V3: sigmoid scores, a per-expert correction bias used only to
+  *select*, experts split into ``n_group`` groups of which ``topk_group`` survive, weights taken
+  from the unbiased scores, renormalized and scaled by ``routed_scaling_factor``.
+
+Both are one fused kernel: a block owns a tile of tokens and all experts (padded to a power of
+two), and picks the top ``K`` by ``K`` rounds of "take the maximum, then hide it". Ties go to the
+lower expert id, explicitly, so both backends agree.
+
+``align`` then groups the ``T*K`` token replicas by expert so the expert GEMM can work in tiles of
+``TILE_M`` rows that all use the same expert. It runs entirely on the device in three launches
+(no host loop, no host sync, so the whole MoE layer can be captured in a CUDA graph):
+
+1. ``align_count_kernel`` — each block counts, per expert, the ids in its chunk of the flattened
+   ``topk_ids`` (a one-hot sum; no atomics, so no zero-filled buffer is needed);
+2. ``align_offsets_kernel`` — one block scans the ``chunks x experts`` count table: per-expert
+   totals, padded to multiples of ``TILE_M``, their running sum (where each expert's rows start),
+   and for every chunk the first row its tokens of each expert go to;
+3. ``align_scatter_kernel`` — each block recomputes its chunk's one-hot, ranks every replica
+   among the earlier replicas of the same expert (a cumulative sum), writes it at
+   ``base + rank``, and fills its share of the padding rows and of ``expert_ids``.
+
+Because a replica's slot depends only on counts (never on which block ran first), the result is
+deterministic and stable: inside an expert, replicas appear in ascending index order.
+
+Every function accepts and returns CuPy arrays on the GPU and NumPy arrays on the CPU (the
+emulator); ``*_reference`` functions are the float64 NumPy ground truth.
+"""
+from __future__ import annotations
+
+import math
+
+import cuda.tile as ct
+import numpy as np
+
+from . import compile as _compile
+from .device import array_module, launch, to_numpy
+
+ConstInt = ct.Constant[int]
+ConstBool = ct.Constant[bool]
+
+INT32_MAX = 2**31 - 1
+# Tile budget (elements) for the tiles whose width is the padded expert count.
+ROUTER_TILE_ELEMS = 4096
+ALIGN_TILE_ELEMS = 2048     # (SUB, E_PAD) one-hot tiles; 4096 made the scatter kernel 3x bigger
+# Blocks of the alignment kernels aim at this many chunks of topk_ids (~ one per SM on an H100).
+ALIGN_TARGET_CHUNKS = 128
+ALIGN_MAX_TABLE = 65536       # chunks x padded experts scanned by the one-block offsets kernel
+ALIGN_SCAN_ROWS = 64          # offsets kernel: tile of (rows, cols) of the count table
+ALIGN_SCAN_COLS = 128
+ALIGN_BLOCKS_PER_TILE = 16    # scatter kernel: TILE_M blocks handled by one block for expert_ids
+# Debugging aid (the tests turn it on): fill every output and scratch buffer with NaN / a
+# sentinel before the kernels run, so an element no kernel writes cannot look right by chance.
+# Off by default: the kernels write every element, and a fill costs a launch on the GPU.
+POISON_OUTPUTS = False
+INT_POISON = -123456789
+
+
+def _empty(xp, shape, dtype):
+    if not POISON_OUTPUTS:
+        return xp.empty(shape, dtype=dtype)
+    return xp.full(shape, np.nan if np.dtype(dtype).kind == "f" else INT_POISON, dtype=dtype)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= ``n`` (1 for ``n <= 1``)."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+# --------------------------------------------------------------------------------------------
+# Router: softmax -> top-k
+# --------------------------------------------------------------------------------------------
+def _max_and_argmax(score, available, index, NONE):
+    """One round of top-k along the last axis: the best available score and, among the
+    entries that reach it, the lowest ``index`` (ties go to the lower id, on every backend)."""
+    candidates = ct.where(available, score, -math.inf)
+    best = ct.max(candidates, axis=-1, keepdims=True)
+    chosen = ct.min(ct.where(available & (candidates == best), index, NONE),
+                    axis=-1, keepdims=True)
+    return best, chosen
+
+
+@ct.kernel
+def topk_softmax_kernel(logits, weights, ids,
+                        K: ConstInt, RENORMALIZE: ConstBool,
+                        TILE_T: ConstInt, E_PAD: ConstInt, K_PAD: ConstInt):
+    """weights, ids (T, K) <- top-K of softmax(logits (T, E)); one block = TILE_T tokens."""
+    num_experts = logits.shape[1]
+    x = ct.load(logits, (ct.bid(0), 0), shape=(TILE_T, E_PAD),
+                padding_mode=ct.PaddingMode.ZERO).astype(ct.float32)
+    experts = ct.arange(E_PAD, dtype=ct.int32)[None, :]          # (1, E_PAD)
+    available = ct.broadcast_to(experts < num_experts, (TILE_T, E_PAD))  # padding never wins
+    x = ct.where(available, x, -math.inf)
+
+    # Softmax statistics in fp32: p_e = exp(x_e - row_max) / denom.
+    row_max = ct.max(x, axis=1, keepdims=True)                   # (TILE_T, 1)
+    denom = ct.sum(ct.exp(x - row_max), axis=1, keepdims=True)
+
+    # Top-K by K rounds of "arg-max, then hide it". Selection compares the logits themselves
+    # (softmax is monotonic), so it is exact; ties go to the lowest expert id.
+    slots = ct.arange(K_PAD, dtype=ct.int32)[None, :]            # (1, K_PAD)
+    top_w = ct.zeros((TILE_T, K_PAD), dtype=ct.float32)
+    top_i = ct.zeros((TILE_T, K_PAD), dtype=ct.int32)
+    for r in range(K):
+        best, idx = _max_and_argmax(x, available, experts, E_PAD)
+        top_i = ct.where(slots == r, idx, top_i)
+        top_w = ct.where(slots == r, ct.exp(best - row_max) / denom, top_w)
+        available = available & (experts != idx)
+
+    if RENORMALIZE:
+        top_w = top_w / ct.sum(top_w, axis=1, keepdims=True)
+    # Tiles extend past T and K: stores of partial tiles are masked.
+    ct.store(weights, (ct.bid(0), 0), top_w)
+    ct.store(ids, (ct.bid(0), 0), top_i)
+
+
+# --------------------------------------------------------------------------------------------
+# Router: DeepSeek-V3 grouped top-k
+# --------------------------------------------------------------------------------------------
+@ct.kernel
+def grouped_topk_kernel(logits, bias, weights, ids, routed_scaling_factor: float,
+                        K: ConstInt, N_GROUP: ConstInt, GROUP_SIZE: ConstInt,
+                        TOPK_GROUP: ConstInt, HAS_BIAS: ConstBool, RENORMALIZE: ConstBool,
+                        TILE_T: ConstInt, G_PAD: ConstInt, S_PAD: ConstInt, K_PAD: ConstInt):
+    """DeepSeek-V3 routing; the logits are viewed as (TILE_T, groups, experts per group)."""
+    rows = ct.bid(0) * TILE_T + ct.arange(TILE_T, dtype=ct.int32)[:, None, None]
+    group = ct.arange(G_PAD, dtype=ct.int32)[None, :, None]      # (1, G_PAD, 1)
+    member = ct.arange(S_PAD, dtype=ct.int32)[None, None, :]     # (1, 1, S_PAD)
+    expert = group * GROUP_SIZE + member                         # expert id of each slot
+    valid = (group < N_GROUP) & (member < GROUP_SIZE)            # (1, G_PAD, S_PAD)
+
+    x = ct.gather(logits, (rows, expert), mask=valid & (rows < logits.shape[0]))
+    x = x.astype(ct.float32)
+    # Sigmoid, used for the weights; 0 in padding slots (their expert ids alias real ones).
+    score = ct.where(valid, 1.0 / (1.0 + ct.exp(-x)), 0.0)
+    select = score                                               # biased score, used to choose
+    if HAS_BIAS:
+        select = score + ct.gather(bias, expert, mask=valid).astype(ct.float32)
+    select = ct.where(valid, select, -math.inf)                  # (TILE_T, G_PAD, S_PAD)
+
+    # Group score: sum of the two best biased scores (with a bias), else the best score (vLLM).
+    if HAS_BIAS:
+        first, at = _max_and_argmax(select, valid, member, S_PAD)
+        second = ct.max(ct.where(member == at, -math.inf, select), axis=2, keepdims=True)
+        group_score = first + second
+    else:
+        group_score = ct.max(select, axis=2, keepdims=True)      # (TILE_T, G_PAD, 1)
+    group_score = ct.reshape(group_score, (TILE_T, G_PAD))
+
+    # Keep the TOPK_GROUP best groups (ties: lower group id).
+    groups = ct.arange(G_PAD, dtype=ct.int32)[None, :]
+    group_free = ct.broadcast_to(groups < N_GROUP, (TILE_T, G_PAD))
+    keep = ct.broadcast_to(groups < 0, (TILE_T, G_PAD))          # all False
+    for r in range(TOPK_GROUP):
+        _, g = _max_and_argmax(group_score, group_free, groups, G_PAD)
+        keep = keep | (groups == g)
+        group_free = group_free & (groups != g)
+
+    # Top-K experts inside the kept groups, ranked by the biased score (ties: lower expert id).
+    flat = (TILE_T, G_PAD * S_PAD)
+    select = ct.reshape(select, flat)
+    score = ct.reshape(score, flat)
+    expert = ct.reshape(ct.broadcast_to(expert, (1, G_PAD, S_PAD)), (1, G_PAD * S_PAD))
+    keep = ct.reshape(ct.broadcast_to(ct.reshape(keep, (TILE_T, G_PAD, 1)) & valid,
+                                      (TILE_T, G_PAD, S_PAD)), flat)
+    slots = ct.arange(K_PAD, dtype=ct.int32)[None, :]
+    top_w = ct.zeros((TILE_T, K_PAD), dtype=ct.float32)
+    top_i = ct.zeros((TILE_T, K_PAD), dtype=ct.int32)
+    for r in range(K):
+        _, e = _max_and_argmax(select, keep, expert, INT32_MAX)
+        w = ct.sum(ct.where(expert == e, score, 0.0), axis=1, keepdims=True)   # unbiased
+        top_i = ct.where(slots == r, e, top_i)
+        top_w = ct.where(slots == r, w, top_w)
+        keep = keep & (expert != e)
+
+    if RENORMALIZE:
+        top_w = top_w / ct.sum(top_w, axis=1, keepdims=True)
+    top_w = top_w * routed_scaling_factor
+    ct.store(weights, (ct.bid(0), 0), top_w)
+    ct.store(ids, (ct.bid(0), 0), top_i)
+
+
+# --------------------------------------------------------------------------------------------
+# Alignment: three kernels
+# --------------------------------------------------------------------------------------------
+def _local_expert_ids(flat_ids, expert_map, start, num_experts, HAS_MAP, SUB):
+    """The (local) expert of the replicas ``start .. start+SUB-1``; -1 where dropped: past the
+    end, id -1, mapped to -1 by ``expert_map``, or outside [0, num_experts)."""
+    index = start + ct.arange(SUB, dtype=ct.int32)
+    ids = ct.gather(flat_ids, index, mask=index < flat_ids.shape[0], padding_value=-1)
+    if HAS_MAP:
+        ids = ct.gather(expert_map, ids, mask=(ids >= 0) & (ids < expert_map.shape[0]),
+                        padding_value=-1)
+    return ct.where((ids >= 0) & (ids < num_experts), ids, -1)
+
+
+@ct.kernel
+def align_count_kernel(flat_ids, expert_map, counts, num_experts: int,
+                       HAS_MAP: ConstBool, CHUNK: ConstInt, SUB: ConstInt, E_PAD: ConstInt):
+    """counts[c, e] = number of replicas of chunk c (CHUNK consecutive ids) routed to expert e."""
+    chunk = ct.bid(0)
+    experts = ct.arange(E_PAD, dtype=ct.int32)[None, :]
+    total = ct.zeros((1, E_PAD), dtype=ct.int32)
+    for s in range(CHUNK // SUB):                       # one-hot tiles of SUB rows at a time
+        local = _local_expert_ids(flat_ids, expert_map, chunk * CHUNK + s * SUB,
+                                  num_experts, HAS_MAP, SUB)
+        one_hot = (local[:, None] == experts).astype(ct.int32)             # (SUB, E_PAD)
+        total = total + ct.sum(one_hot, axis=0, keepdims=True)
+    ct.store(counts, (chunk, 0), total)                                    # masked past E
+
+
+@ct.kernel
+def align_offsets_kernel(counts, chunk_base, expert_end, token_end, num_tokens_post_padded,
+                         num_chunks: int, num_experts: int,
+                         TILE_M: ConstInt, ROWS: ConstInt, COLS: ConstInt):
+    """One block. Per expert: rows [start, end) padded to TILE_M, tokens in [start, token_end);
+    chunk_base[c, e] = row of the first replica of chunk c routed to e."""
+    zero = ct.PaddingMode.ZERO
+    row_tiles = ct.cdiv(num_chunks, ROWS)
+    carry = ct.zeros((1, 1), dtype=ct.int32)           # rows used by the experts before
+    for col in range(ct.cdiv(num_experts, COLS)):
+        tokens = ct.zeros((1, COLS), dtype=ct.int32)
+        for row in range(row_tiles):
+            tile = ct.load(counts, (row, col), shape=(ROWS, COLS), padding_mode=zero)
+            tokens = tokens + ct.sum(tile, axis=0, keepdims=True)
+        padded = ct.cdiv(tokens, TILE_M) * TILE_M
+        end = ct.cumsum(padded, axis=1) + carry
+        start = end - padded
+        ct.store(expert_end, (col,), ct.reshape(end, (COLS,)))
+        ct.store(token_end, (col,), ct.reshape(start + tokens, (COLS,)))
+        carry = carry + ct.sum(padded, axis=1, keepdims=True)
+        # Exclusive running sum over chunks: where each chunk's replicas of expert e begin.
+        base = start
+        for row in range(row_tiles):
+            tile = ct.load(counts, (row, col), shape=(ROWS, COLS), padding_mode=zero)
+            ct.store(chunk_base, (row, col), base + ct.cumsum(tile, axis=0) - tile)
+            base = base + ct.sum(tile, axis=0, keepdims=True)
+    ct.store(num_tokens_post_padded, (0,), ct.reshape(carry, (1,)))
+
+
+@ct.kernel
+def align_scatter_kernel(flat_ids, expert_map, chunk_base, expert_end, token_end,
+                         num_tokens_post_padded, sorted_token_ids, expert_ids,
+                         num_replicas: int, num_chunks: int, num_experts: int,
+                         HAS_MAP: ConstBool, CHUNK: ConstInt, SUB: ConstInt, E_PAD: ConstInt,
+                         TILE_M: ConstInt, BLOCKS: ConstInt, COLS: ConstInt):
+    """Block b: place the replicas of chunk b; then, for TILE_M blocks b*BLOCKS ..
+    (b+1)*BLOCKS-1, write their owning expert (-1 past the end) and the sentinel padding."""
+    b = ct.bid(0)
+    if b < num_chunks:
+        experts = ct.arange(E_PAD, dtype=ct.int32)[None, :]
+        base = ct.load(chunk_base, (b, 0), shape=(1, E_PAD), padding_mode=ct.PaddingMode.ZERO)
+        for s in range(CHUNK // SUB):
+            first = b * CHUNK + s * SUB
+            local = _local_expert_ids(flat_ids, expert_map, first, num_experts, HAS_MAP, SUB)
+            one_hot = (local[:, None] == experts).astype(ct.int32)          # (SUB, E_PAD)
+            # Row of replica i if it belongs to expert e: base[e] + (# earlier replicas of e).
+            row_if = base + ct.cumsum(one_hot, axis=0) - 1
+            row = ct.sum(row_if * one_hot, axis=1)                          # (SUB,)
+            ct.scatter(sorted_token_ids, row, first + ct.arange(SUB, dtype=ct.int32),
+                       mask=local >= 0)
+            base = base + ct.sum(one_hot, axis=0, keepdims=True)
+
+    # Owner of TILE_M block j = number of experts whose padded rows end at or before j*TILE_M.
+    blocks = b * BLOCKS + ct.arange(BLOCKS, dtype=ct.int32)                 # (BLOCKS,)
+    block_row = blocks * TILE_M
+    owner = ct.zeros((BLOCKS,), dtype=ct.int32)
+    for col in range(ct.cdiv(num_experts, COLS)):
+        experts = col * COLS + ct.arange(COLS, dtype=ct.int32)
+        ends = ct.gather(expert_end, experts, mask=experts < num_experts,
+                         padding_value=INT32_MAX)
+        owner = owner + ct.sum((ends[None, :] <= block_row[:, None]).astype(ct.int32), axis=1)
+    total = ct.load(num_tokens_post_padded, (0,), shape=())
+    owner = ct.where(block_row < total, owner, -1)
+    ct.scatter(expert_ids, blocks, owner, mask=blocks < expert_ids.shape[0])
+    # Rows of a block at or past its expert's last token (or of no expert) hold the sentinel.
+    fill_from = ct.gather(token_end, owner, mask=owner >= 0, padding_value=0)
+    rows = block_row[:, None] + ct.arange(TILE_M, dtype=ct.int32)[None, :]  # (BLOCKS, TILE_M)
+    ct.scatter(sorted_token_ids, rows, num_replicas,
+               mask=(rows >= fill_from[:, None]) & (rows < sorted_token_ids.shape[0]))
+
+
+# --------------------------------------------------------------------------------------------
+# Host wrappers
+# --------------------------------------------------------------------------------------------
+_FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _check_logits(logits, k, validate):
+    if not hasattr(logits, "shape") or not hasattr(logits, "dtype"):
+        raise TypeError(f"logits must be a NumPy or CuPy array, got {type(logits).__name__}")
+    if logits.ndim != 2:
+        raise ValueError(f"logits must have shape (T, E), got shape {tuple(logits.shape)}")
+    if logits.dtype.name not in _FLOAT_NAMES:
+        raise TypeError(f"logits must be a floating-point array ({', '.join(_FLOAT_NAMES)}), "
+                        f"got dtype {logits.dtype}")
+    num_experts = logits.shape[1]
+    if num_experts < 1:
+        raise ValueError("logits must have at least one expert column (E >= 1)")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if not 1 <= k <= num_experts:
+        raise ValueError(f"k must be in [1, E={num_experts}], got k={k}")
+    if validate and logits.size and bool(array_module(logits).isnan(logits).any()):
+        raise ValueError("logits contains NaN")
+    return int(k)
+
+
+def _router_outputs(xp, num_tokens, k):
+    return _empty(xp, (num_tokens, k), np.float32), _empty(xp, (num_tokens, k), np.int32)
+
+
+def _token_tile(num_tokens: int, width: int) -> int:
+    """Tokens per block for the router: about ROUTER_TILE_ELEMS elements, at most 64 tokens."""
+    return max(1, min(64, ROUTER_TILE_ELEMS // width, next_power_of_2(num_tokens)))
+
+
+def topk_softmax(logits, k, *, renormalize=False, validate=True):
+    """Softmax over the experts, then the ``k`` largest, ties to the lower expert id.
+
+    Args:
+        logits: (T, E) router logits, float16/float32 (bfloat16/float64 where the backend has it).
+        k: experts per token, ``1 <= k <= E``.
+        renormalize: divide the chosen weights by their sum (so they sum to 1).
+        validate: reject NaN logits (a host sync on the GPU).
+
+    Returns:
+        ``(weights, ids)``: float32 (T, k) softmax probabilities of the chosen experts, in
+        decreasing order, and their int32 (T, k) expert ids.
+    """
+    k = _check_logits(logits, k, validate)
+    xp = array_module(logits)
+    num_tokens, num_experts = logits.shape
+    weights, ids = _router_outputs(xp, num_tokens, k)
+    if num_tokens == 0:
+        return weights, ids
+    e_pad = next_power_of_2(num_experts)
+    tile_t = _token_tile(num_tokens, e_pad)
+    launch((math.ceil(num_tokens / tile_t),), topk_softmax_kernel,
+           (logits, weights, ids, k, bool(renormalize), tile_t, e_pad, next_power_of_2(k)))
+    return weights, ids
+
+
+def grouped_topk(logits, k, *, n_group, topk_group, e_score_correction_bias=None,
+                 routed_scaling_factor=1.0, renormalize=True, validate=True):
+    """DeepSeek-V3 routing (vLLM's ``grouped_topk`` with ``scoring_func="sigmoid"``).
+
+    ``score = sigmoid(logits)``; experts are split into ``n_group`` equal groups of consecutive
+    ids; a group's score is the sum of its two best ``score + e_score_correction_bias`` (or its
+    best ``score`` when there is no bias); the ``topk_group`` best groups are kept and the ``k``
+    best experts inside them chosen by ``score + bias``. Weights are the unbiased scores,
+    renormalized to sum to 1 (``renormalize``), then multiplied by ``routed_scaling_factor``.
+    Ties go to the lower group / expert id.
+
+    Returns:
+        ``(weights, ids)``: float32 and int32 arrays of shape (T, k), in decreasing biased score.
+    """
+    k = _check_logits(logits, k, validate)
+    xp = array_module(logits)
+    num_tokens, num_experts = logits.shape
+    n_group, topk_group, group_size = _check_groups(num_experts, k, n_group, topk_group,
+                                                    e_score_correction_bias is not None)
+    bias = e_score_correction_bias
+    if bias is not None:
+        _check_bias(bias, logits, num_experts, validate)
+    weights, ids = _router_outputs(xp, num_tokens, k)
+    if num_tokens == 0:
+        return weights, ids
+    g_pad, s_pad = next_power_of_2(n_group), next_power_of_2(group_size)
+    tile_t = _token_tile(num_tokens, g_pad * s_pad)
+    has_bias = bias is not None
+    if not has_bias:
+        bias = xp.zeros((1,), dtype=xp.float32)      # never read
+    launch((math.ceil(num_tokens / tile_t),), grouped_topk_kernel,
+           (logits, bias, weights, ids, float(routed_scaling_factor), k, n_group, group_size,
+            topk_group, has_bias, bool(renormalize), tile_t, g_pad, s_pad, next_power_of_2(k)))
+    return weights, ids
+
+
+def _check_groups(num_experts, k, n_group, topk_group, has_bias):
+    for name, v in (("n_group", n_group), ("topk_group", topk_group)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if n_group < 1 or num_experts % n_group:
+        raise ValueError(f"n_group={n_group} must be >= 1 and divide the number of experts "
+                         f"E={num_experts}")
+    if not 1 <= topk_group <= n_group:
+        raise ValueError(f"topk_group must be in [1, n_group={n_group}], got {topk_group}")
+    group_size = num_experts // n_group
+    if k > topk_group * group_size:
+        raise ValueError(f"k={k} is more than the {topk_group * group_size} experts in the "
+                         f"topk_group={topk_group} kept groups of {group_size}")
+    if has_bias and group_size < 2:
+        raise ValueError("with e_score_correction_bias a group's score is the sum of its two "
+                         f"best experts, so groups need >= 2 experts (E/n_group={group_size})")
+    return int(n_group), int(topk_group), int(group_size)
+
+
+def _check_bias(bias, logits, num_experts, validate):
+    if not hasattr(bias, "dtype") or array_module(bias) is not array_module(logits):
+        raise TypeError("e_score_correction_bias must be an array on the same device as logits")
+    if tuple(bias.shape) != (num_experts,):
+        raise ValueError(f"e_score_correction_bias must have shape (E,)=({num_experts},), "
+                         f"got {tuple(bias.shape)}")
+    if bias.dtype.name not in _FLOAT_NAMES:
+        raise TypeError(f"e_score_correction_bias must be floating point, got {bias.dtype}")
+    if validate and not bool(array_module(bias).isfinite(bias).all()):
+        raise ValueError("e_score_correction_bias must be finite")
+
+
+def max_padded_size(num_replicas: int, num_experts: int, tile_m: int) -> int:
+    """Worst-case length of ``sorted_token_ids``: ``T*K + E*(TILE_M-1)`` rounded up to TILE_M."""
+    n = num_replicas + num_experts * (tile_m - 1)
+    return -(-n // tile_m) * tile_m
+
+
+def _align_plan(num_replicas: int, num_experts: int) -> tuple[int, int, int]:
+    """(CHUNK, SUB, E_PAD): replicas per block, rows per one-hot tile, padded expert count."""
+    e_pad = next_power_of_2(num_experts)
+    sub = max(1, min(64, ALIGN_TILE_ELEMS // e_pad))
+    chunk = next_power_of_2(max(-(-num_replicas // ALIGN_TARGET_CHUNKS),
+                                -(-num_replicas * e_pad // ALIGN_MAX_TABLE), 1))
+    return max(chunk, sub), sub, e_pad
+
+
+def _check_align_args(topk_ids, num_experts, tile_m, expert_map):
+    if not hasattr(topk_ids, "shape") or not hasattr(topk_ids, "dtype"):
+        raise TypeError(f"topk_ids must be a NumPy or CuPy array, got {type(topk_ids).__name__}")
+    if topk_ids.ndim != 2:
+        raise ValueError(f"topk_ids must have shape (T, K), got shape {tuple(topk_ids.shape)}")
+    if topk_ids.dtype.kind not in "iu":
+        raise TypeError(f"topk_ids must be an integer array (int32), got dtype {topk_ids.dtype}")
+    for name, v in (("num_experts", num_experts), ("tile_m", tile_m)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if num_experts < 1:
+        raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+    if tile_m < 1 or tile_m & (tile_m - 1) or tile_m > 1024:
+        raise ValueError(f"tile_m must be a power of two <= 1024, got {tile_m}")
+    num_replicas = int(topk_ids.shape[0]) * int(topk_ids.shape[1])
+    size = max_padded_size(num_replicas, int(num_experts), int(tile_m))
+    chunk = _align_plan(max(num_replicas, 1), int(num_experts))[0]
+    grid = max(-(-max(num_replicas, 1) // chunk), -(-size // tile_m // ALIGN_BLOCKS_PER_TILE))
+    if max(size, grid * ALIGN_BLOCKS_PER_TILE * tile_m) > INT32_MAX:   # rows the kernels index
+        raise ValueError(f"topk_ids has {num_replicas} replicas: the padded length {size} "
+                         "does not fit int32 indices (T*K + E*(tile_m-1) must stay below 2**31)")
+    if expert_map is not None:
+        if not hasattr(expert_map, "dtype") or \
+                array_module(expert_map) is not array_module(topk_ids):
+            raise TypeError("expert_map must be an array on the same device as topk_ids")
+        if expert_map.ndim != 1 or expert_map.shape[0] < 1:
+            raise ValueError(f"expert_map must have shape (global experts,), got "
+                             f"{tuple(expert_map.shape)}")
+        if expert_map.dtype.kind not in "iu":
+            raise TypeError(f"expert_map must be an integer array (int32), got {expert_map.dtype}")
+    return num_replicas, size
+
+
+def _check_align_ranges(topk_ids, num_experts, expert_map):
+    """Range checks (a host sync on the GPU)."""
+    xp = array_module(topk_ids)
+    id_limit = num_experts if expert_map is None else int(expert_map.shape[0])
+    what = "num_experts" if expert_map is None else "len(expert_map)"
+    if topk_ids.size:
+        lo, hi = int(xp.min(topk_ids)), int(xp.max(topk_ids))
+        if lo < -1 or hi >= id_limit:
+            bad = lo if lo < -1 else hi
+            raise ValueError(f"topk_ids must be in [-1, {what}={id_limit}) (-1 = dropped), "
+                             f"found {bad}")
+    if expert_map is not None:
+        lo, hi = int(xp.min(expert_map)), int(xp.max(expert_map))
+        if lo < -1 or hi >= num_experts:
+            bad = lo if lo < -1 else hi
+            raise ValueError(f"expert_map values must be local expert ids in [-1, "
+                             f"num_experts={num_experts}) (-1 = not on this rank), found {bad}")
+
+
+def align(topk_ids, num_experts, tile_m, *, expert_map=None, validate=True):
+    """Group the ``T*K`` token replicas by expert, each group padded to a multiple of ``tile_m``.
+
+    Args:
+        topk_ids: (T, K) integer expert ids (int32 preferred); ``-1`` means "no expert" (dropped).
+        num_experts: number of experts the outputs refer to (the local experts with expert_map).
+        tile_m: rows per GEMM tile, a power of two.
+        expert_map: optional (E_global,) int array, global id -> local id in
+            ``[0, num_experts)``, or -1 for experts on another rank (their replicas are dropped).
+        validate: range-check ids and expert_map (a host sync on the GPU).
+
+    Returns:
+        ``sorted_token_ids`` int32 (``max_padded_size(T*K, num_experts, tile_m)``,): replica
+        indices ``t*K + k`` grouped by expert in ascending expert order, ascending inside an
+        expert, each group padded with the sentinel ``T*K``, which also fills the tail;
+        ``expert_ids`` int32 (len(sorted_token_ids) // tile_m,): the expert of each tile_m
+        block, -1 for blocks at or past ``num_tokens_post_padded``;
+        ``num_tokens_post_padded`` int32 (1,): rows actually used.
+    """
+    num_replicas, size = _check_align_args(topk_ids, num_experts, tile_m, expert_map)
+    num_experts, tile_m = int(num_experts), int(tile_m)
+    if validate:
+        _check_align_ranges(topk_ids, num_experts, expert_map)
+    xp = array_module(topk_ids)
+    flat_ids = xp.ascontiguousarray(topk_ids, dtype=xp.int32).reshape(-1)
+    if num_replicas == 0:
+        flat_ids = xp.full((1,), -1, dtype=xp.int32)          # one dropped replica
+    has_map = expert_map is not None
+    emap = (xp.ascontiguousarray(expert_map, dtype=xp.int32) if has_map
+            else xp.empty((1,), dtype=xp.int32))              # never read
+
+    chunk, sub, e_pad = _align_plan(max(num_replicas, 1), num_experts)
+    num_chunks = -(-max(num_replicas, 1) // chunk)
+    num_blocks = size // tile_m
+    sorted_token_ids = _empty(xp, (size,), np.int32)
+    expert_ids = _empty(xp, (num_blocks,), np.int32)
+    num_tokens_post_padded = _empty(xp, (1,), np.int32)
+    counts = _empty(xp, (num_chunks, num_experts), np.int32)          # scratch
+    chunk_base = _empty(xp, (num_chunks, num_experts), np.int32)
+    expert_end = _empty(xp, (num_experts,), np.int32)
+    token_end = _empty(xp, (num_experts,), np.int32)
+
+    launch((num_chunks,), align_count_kernel,
+           (flat_ids, emap, counts, num_experts, has_map, chunk, sub, e_pad))
+    launch((1,), align_offsets_kernel,
+           (counts, chunk_base, expert_end, token_end, num_tokens_post_padded, num_chunks,
+            num_experts, tile_m, ALIGN_SCAN_ROWS, ALIGN_SCAN_COLS))
+    grid = max(num_chunks, -(-num_blocks // ALIGN_BLOCKS_PER_TILE))
+    launch((grid,), align_scatter_kernel,
+           (flat_ids, emap, chunk_base, expert_end, token_end, num_tokens_post_padded,
+            sorted_token_ids, expert_ids, num_replicas, num_chunks, num_experts, has_map,
+            chunk, sub, e_pad, tile_m, ALIGN_BLOCKS_PER_TILE, ALIGN_SCAN_COLS))
+    return sorted_token_ids, expert_ids, num_tokens_post_padded
+
+
+# --------------------------------------------------------------------------------------------
+# NumPy references (float64), the ground truth for tests and checkers
+# --------------------------------------------------------------------------------------------
+def _descending_stable(values):
+    """Per row, column indices by decreasing value; equal values keep the lower index first."""
+    return np.argsort(-values, axis=-1, kind="stable")
+
+
+def topk_softmax_reference(logits, k, *, renormalize=False):
+    """NumPy float64 reference of :func:`topk_softmax` (returns float32 weights, int32 ids)."""
+    x = to_numpy(logits).astype(np.float64)
+    ids = _descending_stable(x)[:, :k]
+    with np.errstate(invalid="ignore"):
+        p = np.exp(x - x.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+    w = np.take_along_axis(p, ids, axis=1)
+    if renormalize:
+        w = w / w.sum(axis=1, keepdims=True)
+    return w.astype(np.float32), ids.astype(np.int32)
+
+
+def _sigmoid(x):
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+def grouped_topk_reference(logits, k, *, n_group, topk_group, e_score_correction_bias=None,
+                           routed_scaling_factor=1.0, renormalize=True, return_scores=False):
+    """NumPy float64 reference of :func:`grouped_topk`.
+
+    With ``return_scores=True`` also returns ``(biased scores (T, E), group scores
+    (T, n_group), kept-group mask (T, E))`` so tests can see how close each decision was."""
+    x = to_numpy(logits).astype(np.float64)
+    num_tokens, num_experts = x.shape
+    score = _sigmoid(x)
+    has_bias = e_score_correction_bias is not None
+    select = score + (to_numpy(e_score_correction_bias).astype(np.float64) if has_bias else 0.0)
+    grouped = select.reshape(num_tokens, n_group, num_experts // n_group)
+    if has_bias:
+        group_score = -np.sort(-grouped, axis=2)[:, :, :2].sum(axis=2)
+    else:
+        group_score = grouped.max(axis=2)
+    kept = _descending_stable(group_score)[:, :topk_group]
+    keep = np.zeros((num_tokens, n_group), dtype=bool)
+    np.put_along_axis(keep, kept, True, axis=1)
+    keep = np.repeat(keep, num_experts // n_group, axis=1)
+    ids = _descending_stable(np.where(keep, select, -np.inf))[:, :k]
+    w = np.take_along_axis(score, ids, axis=1)
+    if renormalize:
+        w = w / w.sum(axis=1, keepdims=True)
+    w = w * routed_scaling_factor
+    out = (w.astype(np.float32), ids.astype(np.int32))
+    return out + ((select, group_score, keep),) if return_scores else out
+
+
+def align_reference(topk_ids, num_experts, tile_m, *, expert_map=None):
+    """NumPy reference of :func:`align`: a loop over experts, as in cuTile's samples/MoE.py."""
+    _check_align_args(topk_ids, num_experts, tile_m, expert_map)
+    ids = to_numpy(topk_ids).reshape(-1).astype(np.int64)
+    num_replicas = ids.size
+    if expert_map is not None:
+        emap = to_numpy(expert_map).astype(np.int64)
+        inside = (ids >= 0) & (ids < emap.size)
+        ids = np.where(inside, emap[np.where(inside, ids, 0)], -1)
+    size = max_padded_size(num_replicas, num_experts, tile_m)
+    sorted_token_ids = np.full(size, num_replicas, dtype=np.int32)
+    expert_ids = np.full(size // tile_m, -1, dtype=np.int32)
+    row = 0
+    for e in range(num_experts):
+        replicas = np.flatnonzero(ids == e)           # ascending: stable inside the expert
+        if replicas.size == 0:
+            continue
+        sorted_token_ids[row:row + replicas.size] = replicas
+        blocks = -(-replicas.size // tile_m)
+        expert_ids[row // tile_m: row // tile_m + blocks] = e
+        row += blocks * tile_m
+    return sorted_token_ids, expert_ids, np.array([row], dtype=np.int32)
+
+
+# --------------------------------------------------------------------------------------------
+# Specializations compiled by tests/test_compile.py (the constants the notebooks use)
+# --------------------------------------------------------------------------------------------
+def compile_cases():
+    a, s = _compile.array, _compile.scalar
+    i32 = ct.int32
+    cases = []
+    # Router: the notebook's small case, the benchmark's E=128 in fp16, and E=512.
+    for dtype, e, k, renorm in ((ct.float32, 8, 2, True), (ct.float16, 128, 8, False),
+                                (ct.float32, 512, 8, True)):
+        e_pad = next_power_of_2(e)
+        cases.append((f"topk_softmax_E{e}_K{k}_{dtype}", topk_softmax_kernel,
+                      [a(dtype, 2), a(ct.float32, 2), a(i32, 2), k, renorm,
+                       _token_tile(4096, e_pad), e_pad, next_power_of_2(k)]))
+    # DeepSeek-V3 (E=256, 8 groups, keep 4, with bias) and V2-like groups of 20, no bias.
+    for e, k, ng, tg, has_bias in ((256, 8, 8, 4, True), (160, 6, 8, 3, False)):
+        gs = e // ng
+        g_pad, s_pad = next_power_of_2(ng), next_power_of_2(gs)
+        cases.append((f"grouped_topk_E{e}_K{k}_G{ng}_bias{int(has_bias)}", grouped_topk_kernel,
+                      [a(ct.float32, 2), a(ct.float32, 1), a(ct.float32, 2), a(i32, 2),
+                       s(ct.float32), k, ng, gs, tg, has_bias, True,
+                       _token_tile(4096, g_pad * s_pad), g_pad, s_pad, next_power_of_2(k)]))
+    # Alignment: the notebook's small case with an EP map, and the benchmark's T=4096, K=8.
+    for e, tile_m, n, has_map in ((8, 4, 24, True), (128, 64, 4096 * 8, False)):
+        chunk, sub, e_pad = _align_plan(n, e)
+        tag = f"E{e}_M{tile_m}_N{n}_map{int(has_map)}"
+        cases.append((f"align_count_{tag}", align_count_kernel,
+                      [a(i32, 1), a(i32, 1), a(i32, 2), s(i32), has_map, chunk, sub, e_pad]))
+        cases.append((f"align_offsets_{tag}", align_offsets_kernel,
+                      [a(i32, 2), a(i32, 2), a(i32, 1), a(i32, 1), a(i32, 1), s(i32), s(i32),
+                       tile_m, ALIGN_SCAN_ROWS, ALIGN_SCAN_COLS]))
+        cases.append((f"align_scatter_{tag}", align_scatter_kernel,
+                      [a(i32, 1), a(i32, 1), a(i32, 2), a(i32, 1), a(i32, 1), a(i32, 1),
+                       a(i32, 1), a(i32, 1), s(i32), s(i32), s(i32), has_map, chunk, sub,
+                       e_pad, tile_m, ALIGN_BLOCKS_PER_TILE, ALIGN_SCAN_COLS]))
+    return cases

@@ -1,0 +1,265 @@
+"""The fused gather/scatter MoE matmul against the float64 reference.
+
+Every test runs on the ``xp`` fixture: NumPy + the CPU emulator here, CuPy + ``ct.launch`` under
+``pytest -m gpu``. Outputs are poisoned with NaN first, so rows the kernel must not touch (dropped
+replicas) and rows it forgot are both caught.
+
+Tolerances (relative error in Frobenius norm against float64, plus an elementwise bound):
+* float32: 1e-5. Inputs are exact in float64, products are accumulated in float32 over at most
+  a few hundred terms (error ~ sqrt(Kd) * 2**-24 ~ 1e-6) and the result is rounded once to
+  float32 (6e-8). Measured on the emulator: ~1e-7.
+* float16: 2e-3. The result is rounded once to float16 (half an ulp = 2**-12 = 2.4e-4 relative,
+  ~2.8e-4 in norm for uniform rounding errors); fp32 accumulation adds nothing visible.
+  Measured on the emulator: ~3e-4.
+* bfloat16 (CPU only): 1.6e-2, the same argument with 8-bit mantissas (half ulp 2**-9).
+Any indexing bug (wrong row, wrong expert, unmasked edge, missing weight) is off by O(1).
+"""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import cuda.tile as ct
+from moe_tutorial import device, fused_moe as fm, reference as ref
+from moe_tutorial.compile import export_cubin
+
+NORM_TOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
+
+
+def _dtype(xp, name):
+    if name == "bfloat16":
+        if xp is not np:
+            pytest.skip("CuPy has no bfloat16")
+        import ml_dtypes
+        return ml_dtypes.bfloat16
+    return np.dtype(name)
+
+
+def _routing(rng, T, K, E, *, duplicates=False, drop_fraction=0.0, num_global=None):
+    """Random topk_ids (T, K) int32 over ``num_global`` experts (default E) and float32 weights."""
+    G = num_global or E
+    if duplicates:
+        ids = rng.integers(0, G, size=(T, K))
+    else:
+        ids = np.stack([rng.permutation(G)[:K] for _ in range(T)]) if T else \
+            np.zeros((0, K), np.int64)
+    if drop_fraction:
+        ids = np.where(rng.random((T, K)) < drop_fraction, -1, ids)
+    weights = rng.random((T, K)).astype(np.float32)
+    return weights, ids.astype(np.int32)
+
+
+def _check(xp, got, want, dtype_name):
+    """NaN rows of ``want`` must still be NaN in ``got`` (untouched); the rest within NORM_TOL."""
+    got = device.to_numpy(got).astype(np.float64)
+    skip = np.isnan(want).all(axis=1)
+    assert np.isnan(got[skip]).all(), "the kernel wrote rows of replicas it must skip"
+    g, w = got[~skip], want[~skip]
+    assert not np.isnan(g).any(), f"{int(np.isnan(g).any(axis=1).sum())} rows were never written"
+    err = ref.relative_error(g, w)
+    assert err <= NORM_TOL[dtype_name], f"relative error {err:.3g} > {NORM_TOL[dtype_name]}"
+    scale = np.sqrt(np.mean(w ** 2)) if w.size else 1.0
+    np.testing.assert_allclose(g, w, rtol=10 * NORM_TOL[dtype_name],
+                               atol=10 * NORM_TOL[dtype_name] * scale)
+
+
+def _run_gemm(xp, rng, *, T, H, N, E, K, dtype_name, config, gemm2=False, duplicates=False,
+              drop_fraction=0.0, expert_map=None, num_global=None):
+    dt = _dtype(xp, dtype_name)
+    weights, ids = _routing(rng, T, K, E, duplicates=duplicates, drop_fraction=drop_fraction,
+                            num_global=num_global)
+    rows = T * K if gemm2 else T
+    a = rng.standard_normal((rows, H)).astype(dt)
+    w = (rng.standard_normal((E, N, H)) / math.sqrt(max(H, 1))).astype(dt)
+    sorted_ids, expert_ids, _ = ref.align(ids, E, config.tile_m, expert_map=expert_map)
+    out = xp.full((T * K, N), np.nan, dtype=dt)
+    fm.fused_moe_matmul(xp.asarray(a), xp.asarray(w), xp.asarray(sorted_ids),
+                        xp.asarray(expert_ids), top_k=1 if gemm2 else K,
+                        topk_weights=xp.asarray(weights) if gemm2 else None,
+                        mul_routed_weight=gemm2, out=out, config=config)
+    want = ref.grouped_matmul(a, w, ids, row_divisor=1 if gemm2 else K,
+                              topk_weights=weights if gemm2 else None, expert_map=expert_map)
+    _check(xp, out, want, dtype_name)
+
+
+tiles = st.builds(fm.TileConfig, tile_m=st.sampled_from([16, 32, 64]),
+                  tile_n=st.sampled_from([16, 32, 64]), tile_k=st.sampled_from([16, 32, 64]),
+                  group_size_m=st.sampled_from([1, 2, 8]), transpose_b=st.booleans())
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(T=st.integers(1, 24), H=st.integers(1, 100), N=st.integers(1, 100), E=st.integers(1, 9),
+       K=st.integers(1, 4), gemm2=st.booleans(), duplicates=st.booleans(),
+       drop=st.sampled_from([0.0, 0.0, 0.3]), dtype_name=st.sampled_from(["float16", "float32"]),
+       config=tiles, data=st.data())
+def test_matches_reference(xp, T, H, N, E, K, gemm2, duplicates, drop, dtype_name, config, data):
+    """Random small problems: any H (K dim) and N, duplicate ids, dropped (-1) replicas, empty
+    experts (E up to 9 with T*K often smaller), all tile shapes, both GEMMs."""
+    K = min(K, E) if not duplicates else K
+    seed = data.draw(st.integers(0, 2**31 - 1))
+    _run_gemm(xp, np.random.default_rng(seed), T=T, H=H, N=N, E=E, K=K, dtype_name=dtype_name,
+              config=config, gemm2=gemm2, duplicates=duplicates, drop_fraction=drop)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(T=st.integers(1, 16), E_global=st.integers(2, 12), K=st.integers(1, 3),
+       gemm2=st.booleans(), data=st.data())
+def test_expert_parallel_map(xp, T, E_global, K, gemm2, data):
+    """An EP rank holds some experts (local ids via expert_map); replicas routed to other ranks
+    are dropped by align and must not be written."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31 - 1)))
+    local = rng.permutation(E_global)[:rng.integers(1, E_global + 1)]
+    emap = np.full(E_global, -1, np.int32)
+    emap[local] = np.arange(len(local), dtype=np.int32)
+    _run_gemm(xp, rng, T=T, H=40, N=24, E=len(local), K=min(K, E_global), dtype_name="float32",
+              config=fm.TileConfig(16, 16, 32, 4), gemm2=gemm2, expert_map=emap,
+              num_global=E_global)
+
+
+@pytest.mark.parametrize("case", ["one_expert", "T1", "E1", "K_equals_E", "edges"])
+def test_edge_cases(xp, rng, case):
+    cfg = fm.TileConfig(16, 32, 32, 8)
+    if case == "one_expert":    # every replica on expert 0 of 4: several m-blocks, 3 empty
+        T, K, E = 40, 1, 4
+        dt = np.float32
+        a = rng.standard_normal((T, 48)).astype(dt)
+        w = rng.standard_normal((E, 20, 48)).astype(dt) / 7
+        ids = np.zeros((T, K), np.int32)
+        s, e, _ = ref.align(ids, E, cfg.tile_m)
+        out = xp.full((T * K, 20), np.nan, dtype=dt)
+        fm.fused_moe_matmul(xp.asarray(a), xp.asarray(w), xp.asarray(s), xp.asarray(e), top_k=K,
+                            out=out, config=cfg)
+        _check(xp, out, ref.grouped_matmul(a, w, ids, row_divisor=K), "float32")
+        return
+    shapes = {"T1": dict(T=1, H=33, N=17, E=5, K=3), "E1": dict(T=7, H=64, N=64, E=1, K=1),
+              "K_equals_E": dict(T=9, H=31, N=65, E=4, K=4),
+              "edges": dict(T=13, H=129, N=97, E=3, K=2)}[case]
+    for gemm2 in (False, True):
+        _run_gemm(xp, rng, dtype_name="float16", config=cfg, gemm2=gemm2, **shapes)
+
+
+def test_bfloat16_on_the_emulator(rng):
+    for gemm2 in (False, True):
+        _run_gemm(np, rng, T=11, H=70, N=50, E=3, K=2, dtype_name="bfloat16",
+                  config=fm.TileConfig(16, 32, 32, 2), gemm2=gemm2)
+
+
+def test_padding_blocks_and_foreign_experts_are_skipped(xp, rng):
+    """Blocks with expert id -1 leave their rows alone even if sorted_token_ids lists real
+    replicas there (the kernel trusts the expert id, as for other ranks' experts)."""
+    T, K, E, H, N = 6, 2, 3, 16, 16
+    a = rng.standard_normal((T, H)).astype(np.float32)
+    w = rng.standard_normal((E, N, H)).astype(np.float32)
+    sorted_ids = np.arange(T * K, dtype=np.int32)
+    sorted_ids = np.concatenate([sorted_ids, np.full(32 - T * K, T * K, np.int32)])
+    expert_ids = np.array([-1, 1], np.int32)       # block 0 (replicas 0..11) is "foreign"
+    out = xp.full((T * K, N), np.nan, dtype=np.float32)
+    fm.fused_moe_matmul(xp.asarray(a), xp.asarray(w), xp.asarray(sorted_ids),
+                        xp.asarray(expert_ids), top_k=K, out=out,
+                        config=fm.TileConfig(16, 16, 16, 8))
+    assert np.isnan(device.to_numpy(out)).all()
+
+
+def test_moe_sum_skips_dropped_replicas(xp, rng):
+    """Rows of dropped replicas hold garbage (NaN here); the sum must not read them."""
+    T, K, H, E = 21, 3, 150, 6
+    ids = rng.integers(-1, E, size=(T, K)).astype(np.int32)
+    emap = np.array([0, -1, 1, 2, -1, 3], np.int32)
+    y = rng.standard_normal((T * K, H)).astype(np.float32)
+    flat = ids.reshape(-1)
+    used = (flat >= 0) & (emap[np.clip(flat, 0, None)] >= 0)
+    for emap_arg, computed in ((xp.asarray(emap), used), (None, flat >= 0)):
+        y_dev = np.where(computed[:, None], y, np.nan)      # never-written rows: NaN
+        want = np.where(computed.reshape(T, K, 1), y.reshape(T, K, H), 0.0).sum(axis=1)
+        got = fm.moe_sum(xp.asarray(y_dev), xp.asarray(ids), E, expert_map=emap_arg)
+        np.testing.assert_allclose(device.to_numpy(got), want, rtol=1e-6, atol=1e-5)
+
+
+def test_swizzle_is_a_grouped_bijection():
+    """Every (m, n) pair is computed exactly once, and inside each group of GROUP_SIZE_M
+    m-blocks the block order runs down m first."""
+    for num_m, num_n, group in ((1, 1, 8), (7, 3, 2), (16, 5, 8), (9, 4, 4), (3, 10, 1)):
+        pairs = [fm.swizzle_2d(b, num_m, num_n, group) for b in range(num_m * num_n)]
+        assert sorted(pairs) == [(m, n) for m in range(num_m) for n in range(num_n)]
+        gm = min(group, num_m)
+        assert pairs[:gm] == [(m, 0) for m in range(gm)]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(a="1d"), "a must be 2-D"),
+    (dict(a_dtype="int32"), "a has dtype int32"),
+    (dict(w_dtype="float16"), "same dtype"),
+    (dict(kd=5), "Kd=5"),
+    (dict(ids_dtype="int64"), "sorted_token_ids must be int32"),
+    (dict(tile_m=32), "same tile_m"),
+    (dict(expert=7), r"expert_ids\[0\] = 7"),
+    (dict(top_k=0), "top_k must be a positive int"),
+    (dict(weights=None), "needs topk_weights"),
+    (dict(out_shape=(3, 4)), "out must be"),
+])
+def test_bad_input_is_refused_with_a_clear_error(bad, match):
+    a = np.zeros((4, 8), np.float32) if bad.get("a") != "1d" else np.zeros(8, np.float32)
+    a = a.astype(bad.get("a_dtype", "float32"))
+    w = np.zeros((3, 6, bad.get("kd", 8)), dtype=bad.get("w_dtype", "float32"))
+    sorted_ids = np.full(16, 8, dtype=bad.get("ids_dtype", "int32"))
+    expert_ids = np.array([bad.get("expert", 0)], np.int32)
+    kwargs = dict(top_k=bad.get("top_k", 2), config=fm.TileConfig(bad.get("tile_m", 16), 16, 16))
+    if "weights" in bad:
+        kwargs.update(mul_routed_weight=True, topk_weights=None)
+    if "out_shape" in bad:
+        kwargs["out"] = np.zeros(bad["out_shape"], np.float32)
+    with pytest.raises((ValueError, TypeError), match=match):
+        fm.fused_moe_matmul(a, w, sorted_ids, expert_ids, **kwargs)
+
+
+def test_default_tile_rule():
+    assert fm.default_tile_config(4, 8, 64) == fm.TileConfig(16, 64, 128, 8)     # decode
+    assert fm.default_tile_config(256, 8, 64).tile_m == 32                       # 32 per expert
+    assert fm.default_tile_config(4096, 8, 64) == fm.TileConfig(64, 128, 64, 8)  # prefill
+    assert fm.default_tile_config(4096, 8, 64, "float32").tile_k == 32
+    with pytest.raises(ValueError, match="power of two"):
+        fm.TileConfig(24, 64, 64)
+
+
+def test_index_arithmetic_cannot_overflow_int32():
+    """The analysis behind 'no int32 overflow', checked against the real model sizes.
+
+    1. DeepSeek-V3's w1 has more than 2**31 elements, so ``expert * stride`` does exceed int32
+       there: the weights must be indexed in 64 bits -- the compiled kernel's mangled
+       signature marks W as int64-indexed (``_w``) and A/C as int32.
+    2. Every array still indexed with int32 (A, C, topk_weights, sorted_token_ids) only needs
+       its *extents* below 2**31: gather/scatter widen each per-axis index to 64 bits before
+       multiplying by the stride (no flat int32 offset is ever formed), and ``ct.launch``
+       refuses any int32-indexed array whose shape or stride exceeds 2**31 - 1. The real
+       presets' extents are checked here (T*K*N itself exceeds 2**31 for a 2M-token batch --
+       fine, because it is never formed)."""
+    from moe_tutorial import presets
+    p = presets.PRESETS["deepseek_v3"]
+    assert p.experts * 2 * p.intermediate * p.hidden > 2**31
+    cfg = fm.default_tile_config(4096, 8, 256)
+    elf = export_cubin(fm.fused_moe_kernel, fm.gemm_compile_params(ct.float16, 8, False, cfg), "sm_90")
+    symbol = next(s for s in elf.split(b"\0") if s.startswith(b"fused_moe_kernel_")).decode()
+    params = symbol.split("_A")[1:]             # one entry per array parameter
+    assert params[1].endswith("_w"), f"W must be int64-indexed: {symbol}"
+    assert not params[0].endswith("_w") and not params[2].endswith("_w")
+    for preset in presets.PRESETS.values():
+        rows = (1 << 20) * preset.top_k         # replicas of a 1M-token batch: rows of C
+        for extent in (rows, 2 * preset.intermediate, preset.hidden, preset.experts):
+            assert extent < 2**31
+    assert (1 << 20) * p.top_k * 2 * p.intermediate > 2**31   # a flat offset would overflow
+
+
+def test_sass_instruction_count_reads_the_text_section():
+    """The helper notebook 03 uses to compare the two ways of loading B: it finds the
+    kernel's .text section in the cubin (16-byte instructions on sm_70+)."""
+    cfg = fm.TileConfig(16, 32, 32, 8)
+    counts = [fm.sass_instruction_count(export_cubin(
+        fm.fused_moe_kernel, fm.gemm_compile_params(ct.float32, 1, True, cfg), "sm_90"))]
+    cfg_t = fm.TileConfig(16, 32, 32, 8, transpose_b=True)
+    counts.append(fm.sass_instruction_count(export_cubin(
+        fm.fused_moe_kernel, fm.gemm_compile_params(ct.float32, 1, True, cfg_t), "sm_90")))
+    assert all(c > 100 for c in counts) and counts[0] != counts[1]
+    with pytest.raises(ValueError, match="not an ELF"):
+        fm.sass_instruction_count(b"hello")

@@ -1,0 +1,226 @@
+"""The whole MoE layer (moe_forward) against the float64 reference.
+
+Runs on the ``xp`` fixture (emulator here, ``ct.launch`` under ``pytest -m gpu``); the real model
+presets run only under the gpu marker.
+
+Tolerance, relative error in Frobenius norm against float64 (reference.moe_forward):
+* float32 layer: 1e-5 -- fp32 routing, fp32 accumulation, fp32 intermediates (measured ~1e-7
+  on the emulator).
+* float16 layer: 3e-3 -- four float16 roundings in a row (gate/up, activation, weighted expert
+  output, final sum), each <= 2**-12 relative (measured ~5e-4 on the emulator).
+The router runs in float32 and the reference in float64: on random logits an expert choice
+could only differ if two logits were within a few float32 ulps at the top-k boundary, which
+has probability ~1e-5 per test here.
+"""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from moe_tutorial import device, layer, presets
+from moe_tutorial import reference as ref
+from moe_tutorial.fused_moe import TileConfig
+
+TOL = {"float32": 1e-5, "float16": 3e-3}
+
+
+def _problem(xp, rng, T, H, E, I, dtype):
+    x = rng.standard_normal((T, H)).astype(dtype)
+    w1 = (rng.standard_normal((E, 2 * I, H)) / np.sqrt(H)).astype(dtype)
+    w2 = (rng.standard_normal((E, H, I)) / np.sqrt(I)).astype(dtype)
+    logits = rng.standard_normal((T, E)).astype(np.float32)
+    return x, w1, w2, logits
+
+
+def _assert_close(got, want, dtype_name):
+    got = device.to_numpy(got)
+    assert got.shape == want.shape
+    assert np.isfinite(got.astype(np.float64)).all(), "non-finite output"
+    err = ref.relative_error(got, want)
+    assert err <= TOL[dtype_name], f"relative error {err:.3g} > {TOL[dtype_name]}"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(T=st.integers(1, 20), H=st.integers(1, 80), E=st.integers(1, 10), I=st.integers(1, 60),
+       K=st.integers(1, 4), renormalize=st.booleans(),
+       dtype_name=st.sampled_from(["float16", "float32"]), data=st.data())
+def test_layer_matches_reference(xp, T, H, E, I, K, renormalize, dtype_name, data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31 - 1)))
+    K = min(K, E)
+    x, w1, w2, logits = _problem(xp, rng, T, H, E, I, dtype_name)
+    got = layer.moe_forward(xp.asarray(x), xp.asarray(w1), xp.asarray(w2), xp.asarray(logits),
+                            K, renormalize=renormalize)
+    want = ref.moe_forward(x, w1, w2, logits, K, renormalize=renormalize)
+    _assert_close(got, want, dtype_name)
+
+
+@pytest.mark.parametrize("tile_m", [16, 32, 64])
+def test_precomputed_routing_with_duplicates_and_dropped_ids(xp, rng, tile_m):
+    """vLLM-style topk_weights/topk_ids: the same expert twice for one token (both count) and
+    -1 entries (dropped: contribute nothing)."""
+    T, H, E, I, K = 17, 48, 5, 40, 3
+    x, w1, w2, _ = _problem(xp, rng, T, H, E, I, "float32")
+    ids = rng.integers(-1, E, size=(T, K)).astype(np.int32)
+    ids[0] = [2, 2, -1]
+    weights = rng.random((T, K)).astype(np.float32)
+    got = layer.moe_forward(xp.asarray(x), xp.asarray(w1), xp.asarray(w2), None, K,
+                            topk_weights=xp.asarray(weights), topk_ids=xp.asarray(ids),
+                            config=TileConfig(tile_m, 32, 32, 4))
+    want = ref.moe_forward(x, w1, w2, None, K, topk_weights=weights, topk_ids=ids)
+    _assert_close(got, want, "float32")
+
+
+def test_expert_parallel_ranks_sum_to_the_full_layer(xp, rng):
+    """Split 12 experts over 3 ranks with expert maps: each rank's output is its partial sum,
+    and the three partial sums add up to the single-rank layer."""
+    T, H, E, I, K = 19, 40, 12, 24, 4
+    x, w1, w2, logits = _problem(xp, rng, T, H, E, I, "float32")
+    owner = rng.permutation(np.arange(E) % 3)            # rank of each global expert
+    total = np.zeros((T, H))
+    for rank in range(3):
+        mine = np.flatnonzero(owner == rank)
+        emap = np.full(E, -1, np.int32)
+        emap[mine] = np.arange(len(mine), dtype=np.int32)
+        got = layer.moe_forward(xp.asarray(x), xp.asarray(w1[mine]), xp.asarray(w2[mine]),
+                                xp.asarray(logits), K, expert_map=xp.asarray(emap))
+        want = ref.moe_forward(x, w1[mine], w2[mine], logits, K, expert_map=emap)
+        _assert_close(got, want, "float32")
+        total += device.to_numpy(got)
+    _assert_close(total, ref.moe_forward(x, w1, w2, logits, K), "float32")
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_deepseek_style_grouped_router(xp, rng, with_bias):
+    T, H, E, I, K = 13, 64, 32, 32, 4
+    x, w1, w2, logits = _problem(xp, rng, T, H, E, I, "float16")
+    bias = (0.1 * rng.standard_normal(E)).astype(np.float32) if with_bias else None
+    kw = dict(use_grouped_topk=True, n_group=8, topk_group=3, routed_scaling_factor=2.5,
+              e_score_correction_bias=bias)
+    got = layer.moe_forward(xp.asarray(x), xp.asarray(w1), xp.asarray(w2), xp.asarray(logits),
+                            K, **{**kw, "e_score_correction_bias":
+                                  None if bias is None else xp.asarray(bias)})
+    want = ref.moe_forward(x, w1, w2, logits, K, **kw)
+    _assert_close(got, want, "float16")
+
+
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+@pytest.mark.parametrize("name", list(presets.CPU_PRESETS))
+def test_scaled_presets(xp, name, phase):
+    """The CPU twins of the real models (same E, K and router, small H and I)."""
+    p = presets.CPU_PRESETS[name]
+    prob = presets.make_problem(p, p.tokens(phase), xp=xp, seed=3)
+    got = layer.moe_forward(prob["hidden_states"], prob["w1"], prob["w2"],
+                            prob["router_logits"], p.top_k,
+                            e_score_correction_bias=prob.get("e_score_correction_bias"),
+                            **p.router_kwargs())
+    want = ref.moe_forward(*(device.to_numpy(prob[k]) for k in
+                             ("hidden_states", "w1", "w2", "router_logits")), p.top_k,
+                           e_score_correction_bias=None if not p.grouped else
+                           device.to_numpy(prob["e_score_correction_bias"]),
+                           **p.router_kwargs())
+    _assert_close(got, want, "float16")
+
+
+def test_plan_steps_compose_to_moe_forward(xp, rng):
+    """plan_layer's named steps (used to time each kernel) give the same output."""
+    x, w1, w2, logits = _problem(xp, rng, 9, 32, 6, 16, "float32")
+    args = (xp.asarray(x), xp.asarray(w1), xp.asarray(w2), xp.asarray(logits), 2)
+    plan = layer.plan_layer(*args)
+    assert [n for n, _ in plan.steps] == ["router", "align", "gemm1 (gate+up)", "silu_and_mul",
+                                          "gemm2 (down, x weight)", "sum over top-k"]
+    np.testing.assert_array_equal(device.to_numpy(plan.run()),
+                                  device.to_numpy(layer.moe_forward(*args)))
+
+
+def test_no_tokens(xp):
+    out = layer.moe_forward(xp.zeros((0, 8), np.float16), xp.zeros((2, 6, 8), np.float16),
+                            xp.zeros((2, 8, 3), np.float16), xp.zeros((0, 2), np.float32), 1)
+    assert out.shape == (0, 8) and out.dtype == np.float16
+
+
+def test_baselines_agree(xp, rng):
+    """The per-expert loop and the host-aligned (sample-style) path compute the same layer."""
+    x, w1, w2, logits = _problem(xp, rng, 11, 32, 6, 24, "float32")
+    weights, ids = ref.topk_softmax(logits, 2, renormalize=True)
+    want = ref.moe_forward(x, w1, w2, None, 2, topk_weights=weights, topk_ids=ids)
+    args = [xp.asarray(a) for a in (x, w1, w2, weights.astype(np.float32), ids)]
+    _assert_close(layer.moe_forward_expert_loop(*args), want, "float32")
+    _assert_close(layer.moe_forward_host_aligned(*args), want, "float32")
+
+
+def _good():
+    return dict(hidden_states=np.zeros((4, 8), np.float16), w1=np.zeros((3, 10, 8), np.float16),
+                w2=np.zeros((3, 8, 5), np.float16), router_logits=np.zeros((4, 3), np.float32),
+                top_k=2)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(hidden_states=np.zeros((4, 8, 1), np.float16)), "hidden_states must be 2-D"),
+    (dict(hidden_states=np.zeros((4, 8), np.int32)), "hidden_states has dtype int32"),
+    (dict(w1=np.zeros((3, 10, 8), np.float32)), "share one dtype"),
+    (dict(w1=np.zeros((3, 10, 9), np.float16)), r"w1 must be \(E, 2I, H\) with H=8"),
+    (dict(w1=np.zeros((3, 9, 8), np.float16)), "must be even"),
+    (dict(w2=np.zeros((3, 8, 4), np.float16)), r"w2 must be \(E, H, I\) = \(3, 8, 5\)"),
+    (dict(router_logits=np.zeros((4, 5), np.float32)), r"router_logits must be \(T, E\)"),
+    (dict(router_logits=None), "router_logits is required"),
+    (dict(top_k=4), "top_k=4 is larger than the number of experts"),
+    (dict(top_k=0), "top_k must be >= 1"),
+    (dict(topk_ids=np.zeros((4, 2), np.int32)), "pass both topk_weights and topk_ids"),
+    (dict(topk_ids=np.zeros((4, 2), np.int64), topk_weights=np.zeros((4, 2), np.float32)),
+     "topk_ids must be int32"),
+    (dict(topk_ids=np.zeros((4, 3), np.int32), topk_weights=np.zeros((4, 3), np.float32)),
+     r"must be \(T, top_k\)"),
+    (dict(n_group=2), "need use_grouped_topk=True"),
+    (dict(use_grouped_topk=True, n_group=2, topk_group=1), "n_group=2 must divide"),
+    (dict(expert_map=np.zeros(3, np.int64)), "expert_map must be int32"),
+    (dict(config=(16, 64, 64)), "config must be a fused_moe.TileConfig"),
+])
+def test_bad_input_is_refused_with_a_clear_error(change, match):
+    kwargs = {**_good(), **change}
+    with pytest.raises((ValueError, TypeError), match=match):
+        layer.moe_forward(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU only: real model sizes, and "no host sync" proven by CUDA graph capture
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+@pytest.mark.parametrize("name", list(presets.PRESETS))
+def test_real_presets_on_gpu(name, phase):
+    import cupy as cp
+    p = presets.PRESETS[name]
+    prob = presets.make_problem(p, p.tokens(phase), xp=cp, seed=5)
+    kw = dict(e_score_correction_bias=prob.get("e_score_correction_bias"), **p.router_kwargs())
+    args = [prob[k] for k in ("hidden_states", "w1", "w2", "router_logits")]
+    got = layer.moe_forward(*args, p.top_k, **kw)
+    want = ref.moe_forward(*args, p.top_k, **kw)         # float64 on the GPU (cuBLAS DGEMM)
+    _assert_close(got, want, "float16")
+    del prob, args
+    cp.get_default_memory_pool().free_all_blocks()
+
+
+@pytest.mark.gpu
+def test_layer_is_capturable_in_a_cuda_graph():
+    """A host sync (or a device-to-host copy) inside moe_forward would make stream capture
+    fail; capture succeeds, and replaying the graph on fresh inputs gives the right answer."""
+    import cupy as cp
+    p = presets.CPU_PRESETS["qwen3_30b_a3b"]
+    prob = presets.make_problem(p, 16, xp=cp, seed=1)
+    x, w1, w2, logits = (prob[k] for k in ("hidden_states", "w1", "w2", "router_logits"))
+    plan = layer.plan_layer(x, w1, w2, logits, p.top_k, **p.router_kwargs())
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        plan.run()                                      # warm up: compile, fill the pool
+        stream.synchronize()
+        stream.begin_capture()
+        plan.run()
+        graph = stream.end_capture()
+        fresh = presets.make_problem(p, 16, xp=cp, seed=2)
+        x[...] = fresh["hidden_states"]                 # new inputs in the captured buffers
+        logits[...] = fresh["router_logits"]
+        graph.launch()
+        stream.synchronize()
+    want = ref.moe_forward(x, w1, w2, logits, p.top_k, **p.router_kwargs())
+    _assert_close(plan.buffers["out"], want, "float16")
