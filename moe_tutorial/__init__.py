@@ -22,12 +22,19 @@ from .routing import (align, align_reference, grouped_topk, grouped_topk_referen
 from . import activation
 from .activation import silu_and_mul, silu_and_mul_reference
 
+# Notebooks 03-04: the fused gather/scatter matmul and the whole layer.
+from . import fused_moe, layer, presets, reference
+from .fused_moe import TileConfig, default_tile_config, fused_moe_matmul, moe_sum
+from .layer import moe_forward
+
 __all__ = ["device", "emulator", "array_module", "backend", "describe", "get_xp", "gpu_status",
            "is_gpu_array", "launch", "to_numpy", "xp",
            "check", "compile", "tiles", "vector_add", "vector_add_kernel",
            "routing", "align", "align_reference", "grouped_topk", "grouped_topk_reference",
            "topk_softmax", "topk_softmax_reference",
-           "activation", "silu_and_mul", "silu_and_mul_reference"]
+           "activation", "silu_and_mul", "silu_and_mul_reference",
+           "fused_moe", "layer", "presets", "reference", "TileConfig", "default_tile_config",
+           "fused_moe_matmul", "moe_sum", "moe_forward"]
 
 
 def __getattr__(name):

@@ -86,8 +86,10 @@ def _args(prob):
     return [prob[k] for k in ("hidden_states", "w1", "w2", "router_logits")]
 
 
-def run(names=None, phases=("decode", "prefill"), baselines=False, out=sys.stdout) -> list[dict]:
-    """Benchmark the presets; returns one row (dict) per (preset, phase) and prints a table."""
+def run(names=None, phases=("decode", "prefill"), baselines=False, out=None) -> list[dict]:
+    """Benchmark the presets; returns one row (dict) per (preset, phase) and prints a table
+    (to ``out``, default sys.stdout)."""
+    out = out or sys.stdout
     ok, why = device.gpu_status()
     if not ok:
         print(f"bench_layer needs a GPU ({why}); nothing to measure on the CPU.", file=out)

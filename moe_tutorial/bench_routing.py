@@ -1,27 +1,45 @@
-"""Benchmark the routing kernels on a GPU: ``python -m moe_tutorial.bench_routing``.
+"""Benchmark the routing kernels on a GPU: ``python -m moe_tutorial.bench_routing [--sweep]``.
 
-For each shape it checks the results against the NumPy references first, then reports the
-median time (``cupyx.profiler.benchmark``) of
+For each shape it checks the results against the NumPy references first, then reports, in
+microseconds (medians):
 
-* the router: ``topk_softmax`` (and ``grouped_topk`` for a DeepSeek-V3 shape);
-* ``align`` (three cuTile kernels, no host sync), against two peers written here:
-  a CuPy sort-based alignment (argsort + bincount + cumsum + scatter, no host sync) and the
-  host loop of cuTile's ``samples/MoE.py`` (one Python iteration, and one host sync, per expert);
-* router + align together, as the MoE layer runs them.
+* **eager GPU / eager host** -- ``cupyx.profiler.benchmark`` of the plain Python call. Its GPU
+  time starts before the host has enqueued anything, so for these small kernels it is mostly
+  host time: Python, argument checks, allocations and ``ct.launch`` argument processing.
+* **graph** -- the device time of the same calls replayed from a CUDA graph (how the MoE layer
+  runs them for decode: alignment never syncs with the host, so everything can be captured).
+  A graph holds ``GRAPH_REPS`` back-to-back calls and is timed with CUDA events while the GPU
+  is already busy with a previous replay, so no host time is included.
 
-Targets from the issue (T=4096, K=8, E=128 on an H100): align <= 25 us, router <= 15 us.
-Measured, not asserted. Range validation (a host sync) is off for timing: ``validate=False``.
+Peers: a CuPy sort-based alignment (argsort + bincount + cumsum + scatter; bincount syncs with
+the host) and the host loop of cuTile's ``samples/MoE.py`` (one Python iteration, and host
+syncs, per expert). Neither can be captured in a graph.
+
+Then: a per-kernel breakdown of ``align`` (graphs of the first 1, 2 and 3 of its launches:
+differences give each kernel's device time; the same for host time of eager launches), and a
+launch-overhead microbenchmark (host time of ``ct.launch`` with 3 and 12 arguments, of
+``moe_tutorial.launch``, of ``cupy.empty`` and of a slice) -- the floor of any eager call.
+``--sweep`` times each tuning constant of ``moe_tutorial.routing`` (graph time, results checked).
+
+Targets from the issue (T=4096, K=8, E=128 on an H100): align <= 25 us, router <= 15 us,
+judged on the graph time. Measured, not asserted. Range validation (a host sync) is off for
+timing (``validate=False``). Every measurement is wrapped: a failure prints an ERROR row and
+the run goes on.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+import traceback
 
+import cuda.tile as ct
 import numpy as np
 
 from . import device, routing
-from .routing import (align, align_reference, grouped_topk, grouped_topk_reference,
-                      max_padded_size, topk_softmax, topk_softmax_reference)
+from .routing import (align, align_launches, align_reference, grouped_topk,
+                      grouped_topk_reference, max_padded_size, topk_softmax,
+                      topk_softmax_reference)
 
 SHAPES = [  # (name, T, K, E, tile_m)
     ("prefill T=4096", 4096, 8, 128, 64),
@@ -29,11 +47,14 @@ SHAPES = [  # (name, T, K, E, tile_m)
     ("E=512 T=4096", 4096, 8, 512, 64),
 ]
 TARGET_US = {"align": 25.0, "topk_softmax": 15.0}
+GRAPH_REPS = 20          # calls captured in one graph
+GRAPH_LAUNCHES = 15      # timed replays (median)
 
 
 def align_cupy_sort(topk_ids, num_experts, tile_m):
     """Alignment from CuPy primitives: sort (expert, index) keys, then place each replica at
-    its expert's padded start + its rank. All on the device, no host sync, ~10 launches.
+    its expert's padded start + its rank. ~10 launches; ``cupy.bincount`` syncs with the host
+    (it reads max(ids) to size its output), so it cannot be captured in a graph.
     (Written against ``xp``: CuPy here, NumPy in the tests.)"""
     cp = device.array_module(topk_ids)
     flat = topk_ids.reshape(-1).astype(cp.int64)
@@ -91,77 +112,277 @@ def _check_align(name, got, want, exact_size=True):
         np.testing.assert_array_equal(got[1], want[1][:len(got[1])], err_msg=name)
 
 
-def _median_us(fn, args, n_repeat, n_warmup=10):
-    """(GPU time, host time) medians in microseconds; the host time includes Python and launch
-    overhead (and, for the host loop, its syncs)."""
+# ------------------------------------------------------------------------------------------
+# Timing helpers
+# ------------------------------------------------------------------------------------------
+def _median_us(fn, n_repeat, n_warmup=10):
+    """Eager (GPU time, host time) medians in microseconds, from cupyx.profiler.benchmark."""
     from cupyx.profiler import benchmark
-    r = benchmark(fn, args, n_repeat=n_repeat, n_warmup=n_warmup)
+    r = benchmark(fn, (), n_repeat=n_repeat, n_warmup=n_warmup)
     return float(np.median(r.gpu_times[0])) * 1e6, float(np.median(r.cpu_times)) * 1e6
 
 
-def run(n_repeat: int = 200) -> list[tuple]:
+def graph_us(fn, reps=GRAPH_REPS, launches=GRAPH_LAUNCHES):
+    """Device time of one ``fn()`` in microseconds, replayed from a CUDA graph holding ``reps``
+    calls; returns ``(us, last result)``. ``fn`` runs once eagerly first (compiles, fills the
+    memory pool). Each timed replay is enqueued behind another replay, so the GPU never waits
+    for the host inside the events. The results of the captured calls stay alive (their memory
+    is what the graph writes) and the last one is returned, written by the replays."""
     import cupy as cp
-    rng = np.random.default_rng(0)
-    rows = []
-    for name, t, k, e, tile_m in SHAPES:
-        logits_np = rng.standard_normal((t, e)).astype(np.float32)
-        logits = cp.asarray(logits_np)
-        # --- correctness first
-        w, ids = topk_softmax(logits, k, renormalize=True)
-        want_w, want_ids = topk_softmax_reference(logits_np, k, renormalize=True)
-        np.testing.assert_array_equal(device.to_numpy(ids), want_ids)
-        np.testing.assert_allclose(device.to_numpy(w), want_w, rtol=1e-5, atol=1e-6)
-        want = align_reference(want_ids, e, tile_m)
-        _check_align("align", align(ids, e, tile_m), want)
-        _check_align("cupy sort", align_cupy_sort(ids, e, tile_m), want)
-        host = align_host_loop(ids, e, tile_m)
-        _check_align("host loop", (host[0], host[1], np.array([host[2]])), want,
-                     exact_size=False)
-        # --- timings (GPU median, CPU wall median), microseconds
-        router = _median_us(lambda: topk_softmax(logits, k, renormalize=True, validate=False),
-                            (), n_repeat)
-        al = _median_us(lambda: align(ids, e, tile_m, validate=False), (), n_repeat)
-        both = _median_us(lambda: align(topk_softmax(logits, k, renormalize=True,
-                                                     validate=False)[1], e, tile_m,
-                                        validate=False), (), n_repeat)
-        sort = _median_us(lambda: align_cupy_sort(ids, e, tile_m), (), n_repeat)
-        loop = _median_us(lambda: align_host_loop(ids, e, tile_m), (), max(5, n_repeat // 20),
-                          n_warmup=2)
-        rows += [(name, "topk_softmax (router)", *router, TARGET_US["topk_softmax"]
-                  if t == 4096 and e == 128 else None),
-                 (name, "align (3 cuTile kernels)", *al, TARGET_US["align"]
-                  if t == 4096 and e == 128 else None),
-                 (name, "router + align", *both, None),
-                 (name, "align: CuPy sort-based", *sort, None),
-                 (name, "align: sample-style host loop", *loop, None)]
-    # DeepSeek-V3 router: E=256, 8 groups, keep 4, k=8, bias.
+    fn()
+    cp.cuda.Device().synchronize()
+    stream = cp.cuda.Stream(non_blocking=True)
+    results = []
+    with stream:
+        stream.begin_capture()
+        try:
+            for _ in range(reps):
+                results.append(fn())
+        except BaseException:
+            try:                                  # leave the stream usable for the next row
+                stream.end_capture()
+            except Exception:  # noqa: BLE001 - the capture is already broken
+                pass
+            raise
+        graph = stream.end_capture()
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    times = []
+    graph.launch(stream)
+    for _ in range(launches):
+        graph.launch(stream)                      # keeps the GPU busy while we enqueue ...
+        start.record(stream)
+        graph.launch(stream)                      # ... the timed replay
+        stop.record(stream)
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop) * 1e3 / reps)
+    return float(np.median(times)), results[-1]
+
+
+def host_us(fn, calls=300, rounds=5):
+    """Host time of one ``fn()`` in microseconds (median over rounds of ``calls`` calls)."""
+    import cupy as cp
+    fn()
+    cp.cuda.Device().synchronize()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t0) / calls * 1e6)
+        cp.cuda.Device().synchronize()
+    return float(np.median(times))
+
+
+class Table:
+    """Rows of results, printed as they come (so a crash later loses nothing)."""
+    HEADER = (f"{'shape':<20} {'what':<36} {'eager GPU':>10} {'eager host':>10} "
+              f"{'graph':>9}  target (graph time)")
+
+    def __init__(self):
+        print(self.HEADER)
+        self.rows = []
+
+    def add(self, shape, what, eager=None, graph=None, target=None, note=""):
+        fmt = lambda v: f"{v:.1f}" if v is not None else "-"  # noqa: E731
+        gpu, host = eager if eager is not None else (None, None)
+        mark = ""
+        if target is not None and graph is not None:
+            mark = f"<= {target:g} us " + ("met" if graph <= target else "MISSED")
+        print(f"{shape:<20} {what:<36} {fmt(gpu):>10} {fmt(host):>10} {fmt(graph):>9}  "
+              f"{mark}{note}", flush=True)
+        self.rows.append((shape, what, gpu, host, graph, target))
+
+    def error(self, shape, what, exc):
+        print(f"{shape:<20} {what:<36} ERROR {type(exc).__name__}: "
+              f"{str(exc).splitlines()[0][:150] if str(exc) else ''}", flush=True)
+        if "-v" in sys.argv or "--verbose" in sys.argv:
+            traceback.print_exc()
+
+
+def _try(table, shape, what, measure):
+    """Run one measurement; on failure print an ERROR row and go on."""
+    try:
+        measure()
+    except Exception as e:  # noqa: BLE001 - report and continue
+        table.error(shape, what, e)
+
+
+# ------------------------------------------------------------------------------------------
+# The benchmark
+# ------------------------------------------------------------------------------------------
+def _align_ok(got, want, what):
+    _check_align(what, got, want)
+
+
+def run_shape(table, name, t, k, e, tile_m, n_repeat, rng):
+    import cupy as cp
+    logits_np = rng.standard_normal((t, e)).astype(np.float32)
+    logits = cp.asarray(logits_np)
+    want_w, want_ids = topk_softmax_reference(logits_np, k, renormalize=True)
+    want = align_reference(want_ids, e, tile_m)
+    ids = cp.asarray(want_ids)
+    is_target = t == 4096 and e == 128
+
+    def router():
+        return topk_softmax(logits, k, renormalize=True, validate=False)
+
+    def aligned():
+        return align(ids, e, tile_m, validate=False)
+
+    def both():
+        return align(router()[1], e, tile_m, validate=False)
+
+    def check_router(out, what):
+        np.testing.assert_array_equal(device.to_numpy(out[1]), want_ids, err_msg=what)
+        np.testing.assert_allclose(device.to_numpy(out[0]), want_w, rtol=1e-5, atol=1e-6,
+                                   err_msg=what)
+
+    def measure(what, fn, check, target=None, graph=True, repeat=n_repeat, warmup=10):
+        """graph=False: the call syncs with the host, so it cannot be captured."""
+        def go():
+            check(fn(), what)                                   # correctness first
+            eager = _median_us(fn, repeat, warmup)
+            g, note = None, "" if graph else "  (graph: n/a, it syncs with the host)"
+            if graph:
+                try:
+                    g, last = graph_us(fn)
+                    check(last, what + " (graph replay)")
+                except Exception as e:  # noqa: BLE001 - keep the eager numbers
+                    g, note = None, f"  graph ERROR {type(e).__name__}: {str(e)[:100]}"
+            table.add(name, what, eager, g, target, note)
+        _try(table, name, what, go)
+
+    measure("topk_softmax (router)", router, check_router,
+            TARGET_US["topk_softmax"] if is_target else None)
+    measure("align (3 cuTile kernels)", aligned, lambda o, w: _align_ok(o, want, w),
+            TARGET_US["align"] if is_target else None)
+    measure("router + align", both, lambda o, w: _align_ok(o, want, w))
+    measure("align: CuPy sort-based", lambda: align_cupy_sort(ids, e, tile_m),
+            lambda o, w: _align_ok(o, want, w), graph=False)
+    loop_check = lambda o, w: _check_align(w, (o[0], o[1], np.array([o[2]])), want,  # noqa
+                                           exact_size=False)
+    measure("align: sample-style host loop", lambda: align_host_loop(ids, e, tile_m),
+            loop_check, graph=False, repeat=max(5, n_repeat // 20), warmup=2)
+    _try(table, name, "align per kernel", lambda: align_breakdown(table, name, ids, e, tile_m,
+                                                                  want))
+
+
+def align_breakdown(table, name, ids, e, tile_m, want):
+    """Device time (graph) and host time (eager) of each of align's kernels, from the first 1,
+    2, 3 launches of one align call (each prefix starts from the same state: the count kernel
+    rewrites the table, so the offsets kernel always sees fresh counts)."""
+    outputs, launches = align_launches(ids, e, tile_m, validate=False)
+    stream_launch = lambda grid, kernel, args: ct.launch(  # noqa: E731
+        device.get_xp("gpu").cuda.get_current_stream(), grid, kernel, args)
+
+    def prefix(n):
+        def fn():
+            for _, grid, kernel, args in launches[:n]:
+                stream_launch(grid, kernel, args)
+            return outputs
+        return fn
+
+    prev_g, prev_h = 0.0, 0.0
+    for n, (kname, grid, _, args) in enumerate(launches, start=1):
+        g, last = graph_us(prefix(n))
+        h = host_us(prefix(n))
+        if n == len(launches):
+            _align_ok(last, want, "align kernels replayed one by one")
+        arrays = sum(1 for a in args if hasattr(a, "__cuda_array_interface__"))
+        table.add(name, f"  align kernel {n}: {kname} (grid {grid[0]})", (None, h - prev_h),
+                  g - prev_g, note=f"  [{len(args)} args, {arrays} arrays]")
+        prev_g, prev_h = g, h
+
+
+def run_grouped(table, n_repeat, rng):
+    import cupy as cp
     t, e = 4096, 256
     logits_np = rng.standard_normal((t, e)).astype(np.float32)
     bias_np = (rng.standard_normal(e) * 0.1).astype(np.float32)
     logits, bias = cp.asarray(logits_np), cp.asarray(bias_np)
     kw = dict(n_group=8, topk_group=4, routed_scaling_factor=2.5)
-    w, ids = grouped_topk(logits, 8, e_score_correction_bias=bias, **kw)
     want_w, want_ids = grouped_topk_reference(logits_np, 8, e_score_correction_bias=bias_np, **kw)
-    same = (device.to_numpy(ids) == want_ids).all(axis=1)
-    assert same.mean() > 0.99, f"grouped_topk: only {same.mean():.1%} of tokens match"
-    np.testing.assert_allclose(device.to_numpy(w)[same], want_w[same], rtol=1e-5, atol=1e-6)
-    g = _median_us(lambda: grouped_topk(logits, 8, e_score_correction_bias=bias, **kw,
-                                        validate=False), (), n_repeat)
-    rows.append((f"DeepSeek-V3 T={t}", "grouped_topk (router)", *g, None))
-    return rows
+
+    def fn():
+        return grouped_topk(logits, 8, e_score_correction_bias=bias, **kw, validate=False)
+
+    def check(out, what):
+        same = (device.to_numpy(out[1]) == want_ids).all(axis=1)
+        assert same.mean() > 0.99, f"{what}: only {same.mean():.1%} of tokens match"
+        np.testing.assert_allclose(device.to_numpy(out[0])[same], want_w[same], rtol=1e-5,
+                                   atol=1e-6, err_msg=what)
+
+    def go():
+        check(fn(), "grouped_topk")
+        eager = _median_us(fn, n_repeat)
+        g, last = graph_us(fn)
+        check(last, "grouped_topk (graph replay)")
+        table.add(f"DeepSeek-V3 T={t}", "grouped_topk (router)", eager, g)
+    _try(table, f"DeepSeek-V3 T={t}", "grouped_topk (router)", go)
 
 
+# ------------------------------------------------------------------------------------------
+# Launch overhead: the floor of an eager call
+# ------------------------------------------------------------------------------------------
+@ct.kernel
+def _touch3(a, b, c):
+    ct.store(a, (0,), ct.load(b, (0,), shape=(1,)) + ct.load(c, (0,), shape=(1,)))
+
+
+@ct.kernel
+def _touch12(a, b, c, d, e, f, g, h, i, j, k, m):
+    ct.store(a, (0,), ct.load(b, (0,), shape=(1,)) + ct.load(m, (0,), shape=(1,)))
+
+
+@ct.kernel
+def _touch3_9(a, b, c, n0: int, n1: int, n2: int, n3: int, n4: int, n5: int, n6: int,
+              n7: int, n8: int):
+    ct.store(a, (0,), ct.load(b, (0,), shape=(1,)) + n0 + n8)
+
+
+def launch_overhead(table):
+    import cupy as cp
+    name = "launch overhead"
+    xs = [cp.zeros((64,), cp.int32) for _ in range(12)]
+    ws = cp.zeros((1 << 16,), cp.int32)
+    stream = cp.cuda.get_current_stream()
+    cases = [
+        ("ct.launch, 3 arrays", lambda: ct.launch(stream, (1,), _touch3, tuple(xs[:3]))),
+        ("ct.launch, 12 arrays", lambda: ct.launch(stream, (1,), _touch12, tuple(xs))),
+        ("ct.launch, 3 arrays + 9 ints",
+         lambda: ct.launch(stream, (1,), _touch3_9, (*xs[:3], *range(9)))),
+        ("ct.launch(get_current_stream(), ...)",
+         lambda: ct.launch(cp.cuda.get_current_stream(), (1,), _touch3, tuple(xs[:3]))),
+        ("mt.launch, 3 arrays", lambda: device.launch((1,), _touch3, tuple(xs[:3]))),
+        ("mt.launch, 12 arrays", lambda: device.launch((1,), _touch12, tuple(xs))),
+        ("mt.launch, 3 arrays + 9 ints",
+         lambda: device.launch((1,), _touch3_9, (*xs[:3], *range(9)))),
+        ("cupy.empty(4096, int32)", lambda: cp.empty((4096,), cp.int32)),
+        ("workspace slice ws[a:b]", lambda: ws[256:4352]),
+        ("slice + reshape(2D)", lambda: ws[256:4352].reshape(32, 128)),
+        ("x.__dlpack__(stream=-1)", lambda: xs[0].__dlpack__(stream=-1)),
+    ]
+    for what, fn in cases:
+        _try(table, name, what, lambda: table.add(name, what, (None, host_us(fn, calls=2000)),
+                                                  None))
+
+
+# ------------------------------------------------------------------------------------------
+# Sweep of the tuning constants
+# ------------------------------------------------------------------------------------------
 SWEEP = {  # module constants of moe_tutorial.routing -> values tried by --sweep
-    "ROUTER_TILE_ELEMS": (2048, 4096, 8192),
-    "ALIGN_TARGET_CHUNKS": (64, 128, 256, 512),
-    "ALIGN_TILE_ELEMS": (1024, 2048, 4096),
+    "ROUTER_TILE_ELEMS": (1024, 2048, 4096, 8192),
+    "ALIGN_TARGET_CHUNKS": (64, 128, 256),       # chunks of 512, 256, 128 replicas at T*K=32k
+    "ALIGN_PAIR_ELEMS": (2048, 4096, 8192),
+    "ALIGN_COUNT_ELEMS": (4096, 16384),
+    "ALIGN_SCAN_ROWS": (16, 32, 64),
 }
 
 
-def sweep(n_repeat: int = 200, t: int = 4096, k: int = 8, e: int = 128, tile_m: int = 64):
-    """Time the router / alignment for each value of each tuning constant (one at a time, the
-    others at their defaults), checking every result first. Each value is a new kernel
-    specialization, so its first call compiles (a few seconds)."""
+def sweep(table, n_repeat, t=4096, k=8, e=128, tile_m=64):
+    """Graph time of the router / alignment for each value of each tuning constant (one at a
+    time, the others at their defaults), results checked. Each value is a new kernel
+    specialization: its first call compiles."""
     import cupy as cp
     rng = np.random.default_rng(1)
     logits_np = rng.standard_normal((t, e)).astype(np.float32)
@@ -169,49 +390,57 @@ def sweep(n_repeat: int = 200, t: int = 4096, k: int = 8, e: int = 128, tile_m: 
     want_w, want_ids = topk_softmax_reference(logits_np, k)
     want = align_reference(want_ids, e, tile_m)
     ids = cp.asarray(want_ids)
-    print(f"\nsweep at T={t}, K={k}, E={e}, tile_m={tile_m} (defaults marked *)")
-    for name, values in SWEEP.items():
-        default = getattr(routing, name)
-        try:
-            for value in values:
-                setattr(routing, name, value)
-                if name.startswith("ROUTER"):
-                    w, i = topk_softmax(logits, k)
-                    np.testing.assert_array_equal(device.to_numpy(i), want_ids)
+    print(f"\nsweep at T={t}, K={k}, E={e}, tile_m={tile_m} (defaults marked *)", flush=True)
+    for knob, values in SWEEP.items():
+        default = getattr(routing, knob)
+        for value in values:
+            what = f"{knob} = {value}{' *' if value == default else ''}"
+
+            def go():
+                setattr(routing, knob, value)
+                if knob.startswith("ROUTER"):
                     fn = lambda: topk_softmax(logits, k, validate=False)  # noqa: E731
+                    check = lambda o: np.testing.assert_array_equal(  # noqa: E731
+                        device.to_numpy(o[1]), want_ids)
                 else:
-                    _check_align("align", align(ids, e, tile_m), want)
                     fn = lambda: align(ids, e, tile_m, validate=False)  # noqa: E731
-                gpu_us, host_us = _median_us(fn, (), n_repeat)
-                mark = "*" if value == default else " "
-                print(f"  {name:<20} = {value:<6}{mark} {gpu_us:9.1f} us GPU {host_us:9.1f} us host")
-        finally:
-            setattr(routing, name, default)
-
-
-def _print_table(rows):
-    print(f"{'shape':<20} {'what':<40} {'GPU us':>9} {'host us':>9}  target")
-    for name, what, gpu_us, cpu_us, target in rows:
-        mark = "" if target is None else (f"<= {target:g} us " +
-                                          ("met" if gpu_us <= target else "MISSED"))
-        print(f"{name:<20} {what:<40} {gpu_us:>9.1f} {cpu_us:>9.1f}  {mark}")
+                    check = lambda o: _align_ok(o, want, what)  # noqa: E731
+                check(fn())
+                eager = _median_us(fn, max(20, n_repeat // 4))
+                g, last = graph_us(fn)
+                check(last)
+                table.add(f"sweep T={t}", what, eager, g)
+            try:
+                _try(table, f"sweep T={t}", what, go)
+            finally:
+                setattr(routing, knob, default)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=200, help="timed runs per measurement")
+    parser.add_argument("--repeat", type=int, default=200, help="timed eager runs per row")
     parser.add_argument("--sweep", action="store_true",
                         help="also time each tuning constant of moe_tutorial.routing")
+    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of errors")
     args = parser.parse_args(argv)
     if device.backend() != "gpu":
         print(f"bench_routing needs a GPU: {device.gpu_status()[1]}. Nothing to measure on the "
               "CPU emulator (its timings say nothing about the GPU).")
         return 0
     print(device.describe())
-    print("Checked every result against the NumPy references; times are medians.")
-    _print_table(run(args.repeat))
+    print("Every result is checked against the NumPy references first (graph rows: the "
+          "replayed results too). Times in us, medians.\n")
+    t0 = time.perf_counter()
+    table = Table()
+    rng = np.random.default_rng(0)
+    for name, t, k, e, tile_m in SHAPES:
+        run_shape(table, name, t, k, e, tile_m, args.repeat, rng)
+    run_grouped(table, args.repeat, rng)
+    print()
+    launch_overhead(table)
     if args.sweep:
-        sweep(args.repeat)
+        sweep(table, args.repeat)
+    print(f"\nbenchmark took {time.perf_counter() - t0:.0f} s")
     return 0
 
 

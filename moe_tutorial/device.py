@@ -15,6 +15,7 @@ import numpy as np
 _CHOICES = ("auto", "gpu", "cpu")
 
 
+@functools.lru_cache(maxsize=None)
 def _cupy():
     try:
         import cupy
@@ -97,28 +98,25 @@ def to_numpy(a):
     return a.get() if is_gpu_array(a) else np.asarray(a)
 
 
-def _flatten(args):
-    for a in args:
-        if isinstance(a, (tuple, list)):
-            yield from _flatten(a)
-        else:
-            yield a
-
-
 def launch(grid, kernel, args) -> None:
     """Run ``kernel`` over ``grid``: ``ct.launch`` for CuPy arrays, the emulator for NumPy arrays."""
-    arrays = [a for a in _flatten(args) if isinstance(a, np.ndarray) or is_gpu_array(a)]
-    on_gpu = [is_gpu_array(a) for a in arrays]
-    if any(on_gpu) and not all(on_gpu):
+    cp = _cupy()
+    gpu_type = cp.ndarray if cp is not None else ()
+    n_gpu = n_cpu = 0
+    for a in args:
+        if isinstance(a, gpu_type):
+            n_gpu += 1
+        elif isinstance(a, np.ndarray):
+            n_cpu += 1
+    if n_gpu and n_cpu:
         raise TypeError("launch: all array arguments must be on the same device "
                         "(all CuPy or all NumPy)")
-    grid = tuple(int(g) for g in grid)
-    if any(on_gpu):
+    if n_gpu:
         import cuda.tile as ct
-        ct.launch(_cupy().cuda.get_current_stream(), grid, kernel, tuple(args))
+        ct.launch(cp.cuda.get_current_stream(), grid, kernel, tuple(args))
     else:
         from . import emulator
-        emulator.launch(None, grid, kernel, tuple(args))
+        emulator.launch(None, tuple(int(g) for g in grid), kernel, tuple(args))
 
 
 def describe() -> str:

@@ -11,7 +11,11 @@ the token replicas ``r = t*K + k`` by expert and padded every group to a multipl
 3. gathers its ``TILE_M`` token rows of A (row ``r // ROW_DIV``: the token itself for GEMM1,
    the replica's row of the intermediate for GEMM2), sentinel rows masked to zero;
 4. loads the expert's weight tile of ``W (E, N, Kd)`` already in the ``(TILE_K, TILE_N)`` layout
-   ``ct.mma`` wants, via ``order=(0, 2, 1)`` (no ``ct.transpose`` in the loop);
+   ``ct.mma`` wants, via ``order=(0, 2, 1)`` (no ``ct.transpose`` in the loop). The alternative,
+   a plain load + ``ct.transpose`` (``TileConfig.transpose_b``), is kept for measurement: with
+   cuTile 1.7 / tileiras 13.4 it compiles to *fewer* SASS instructions (sm_90 fp16, int32
+   kernel: 2728 vs 3264 with decode tiles, 3680 vs 6584 with prefill tiles; see notebook 03),
+   so the benchmark times both;
 5. accumulates in float32, multiplies by the router weight of each replica if asked, and
    scatters the rows back to their replica rows of C, masking sentinel rows and the N edge.
 
@@ -19,9 +23,11 @@ Index arithmetic cannot overflow int32 (the vLLM/SGLang ``stride * token > 2**31
 - gathers and scatters take one index per axis; cuTile widens each to 64 bits before
   multiplying by the stride (``_gather_scatter_pointer_and_mask`` casts to uint64), so flat
   offsets such as ``replica * N + col`` are never formed in int32;
-- the weights are declared ``ct.IndexedWithInt64``: ``expert * stride0`` reaches
-  ``E * 2I * H`` = 7.5e9 elements for DeepSeek-V3's ``w1`` (>> 2**31), and with a 64-bit index
-  type the tile address computation is done in 64 bits;
+- the weights' tile address ``expert * stride0 + ...`` reaches ``E * 2I * H`` = 7.5e9 elements
+  for DeepSeek-V3's ``w1`` (>> 2**31): when the weights are that big (``needs_int64_indexing``)
+  the wrapper launches ``fused_moe_kernel_int64``, whose ``W: ct.IndexedWithInt64`` makes cuTile
+  compute those addresses in 64 bits; smaller weights keep the cheaper int32 kernel (sm_90:
+  ~1700 fewer SASS instructions);
 - every value that stays in int32 is bounded by an array extent that ``ct.launch`` itself
   refuses above 2**31 - 1 (T*K replicas, H, 2I).
 """
@@ -52,55 +58,79 @@ def swizzle_2d(bid, num_m, num_n, GROUP_SIZE_M):
     return pid_m, pid_n
 
 
-@ct.kernel
-def fused_moe_kernel(A, W: ct.IndexedWithInt64, C, topk_weights, sorted_token_ids, expert_ids,
-                     ROW_DIV: ConstInt, MUL_ROUTED_WEIGHT: ConstBool,
-                     TILE_M: ConstInt, TILE_N: ConstInt, TILE_K: ConstInt,
-                     GROUP_SIZE_M: ConstInt, TRANSPOSE_B: ConstBool):
-    """C[r] = A[r // ROW_DIV] @ W[e].T (x topk_weights[r]) for the replicas r of one block.
+def fused_moe_tile(A, W, C, topk_weights, sorted_token_ids, expert_ids, ROW_DIV,
+                   MUL_ROUTED_WEIGHT, TILE_M, TILE_N, TILE_K, GROUP_SIZE_M, TRANSPOSE_B):
+    """The work of one block of ``fused_moe_kernel``: C[r] = A[r // ROW_DIV] @ W[e].T
+    (x topk_weights[r]) for the replicas r of this block's m-block, one n-tile.
 
     A (rows, Kd), W (E, N, Kd), C (T*K, N), topk_weights (T*K,) float32,
-    sorted_token_ids (num_m * TILE_M,) int32, expert_ids (num_m,) int32. 1-D grid of
-    num_m * cdiv(N, TILE_N) blocks. TRANSPOSE_B=True loads W's tile as stored and transposes
-    it in the loop instead -- kept only to measure the two against each other."""
+    sorted_token_ids (num_m * TILE_M,) int32, expert_ids (num_m,) int32. TRANSPOSE_B=True loads
+    W's tile as stored and transposes it in the loop instead -- kept only to measure the two
+    against each other."""
     num_m = expert_ids.shape[0]
     num_n = ct.cdiv(W.shape[1], TILE_N)
     pid_m, pid_n = swizzle_2d(ct.bid(0), num_m, num_n, GROUP_SIZE_M)
 
     expert = ct.load(expert_ids, (pid_m,), shape=())
-    if (expert < 0) | (expert >= W.shape[0]):    # padding block / other rank: nothing to do
-        return
+    # expert -1 (padding past num_tokens_post_padded, or another rank's expert): the block does
+    # nothing at all. (Written as an `if` around the body rather than an early `return`: inside
+    # a helper function the return costs the compiler extra instructions.)
+    if (expert >= 0) & (expert < W.shape[0]):
+        replicas = ct.load(sorted_token_ids, (pid_m,), shape=(TILE_M,))
+        valid = replicas < C.shape[0]                 # sentinel T*K marks padding slots
+        a_rows = replicas // ROW_DIV
+        k_cols = ct.arange(TILE_K, dtype=ct.int32)
 
-    replicas = ct.load(sorted_token_ids, (pid_m,), shape=(TILE_M,))
-    valid = replicas < C.shape[0]                 # sentinel T*K marks padding slots
-    a_rows = replicas // ROW_DIV
-    k_cols = ct.arange(TILE_K, dtype=ct.int32)
+        acc = ct.full((TILE_M, TILE_N), 0.0, dtype=ct.float32)
+        for kt in range(ct.cdiv(A.shape[1], TILE_K)):
+            # (TILE_M, TILE_K) token rows; sentinel rows and the Kd edge read as 0
+            # (out-of-range gathers read padding_value anyway; the explicit mask says what is
+            # meant and keeps the emulator's strict mode quiet)
+            k_idx = kt * TILE_K + k_cols
+            a = ct.gather(A, (a_rows[:, None], k_idx[None, :]),
+                          mask=valid[:, None] & (k_idx < A.shape[1])[None, :], padding_value=0)
+            if TRANSPOSE_B:
+                # (for measurement) load W's (TILE_N, TILE_K) tile as stored, transpose it
+                b = ct.load(W, (expert, pid_n, kt), shape=(1, TILE_N, TILE_K),
+                            padding_mode=ct.PaddingMode.ZERO)
+                b = ct.transpose(b.reshape((TILE_N, TILE_K)))
+            else:
+                # W[e, n, k] arrives as b[k, n]: order=(0, 2, 1) swaps the last two axes of
+                # the tile space, so the tile is already (TILE_K, TILE_N) for the MMA
+                b = ct.load(W, (expert, kt, pid_n), shape=(1, TILE_K, TILE_N),
+                            order=(0, 2, 1), padding_mode=ct.PaddingMode.ZERO)
+                b = b.reshape((TILE_K, TILE_N))
+            acc = ct.mma(a, b, acc)
 
-    acc = ct.full((TILE_M, TILE_N), 0.0, dtype=ct.float32)
-    for kt in range(ct.cdiv(A.shape[1], TILE_K)):
-        # (TILE_M, TILE_K) token rows; sentinel rows and the Kd edge read as 0 (out-of-range
-        # gathers read padding_value anyway; the explicit mask keeps the emulator's strict
-        # mode quiet and says what is meant)
-        k_idx = kt * TILE_K + k_cols
-        a = ct.gather(A, (a_rows[:, None], k_idx[None, :]),
-                      mask=valid[:, None] & (k_idx < A.shape[1])[None, :], padding_value=0)
-        # W[e, n, k] arrives as b[k, n]: order=(0, 2, 1) swaps the last two axes of the tile
-        # space, so the tile is already (TILE_K, TILE_N) for the MMA
-        if TRANSPOSE_B:
-            b = ct.transpose(ct.load(W, (expert, pid_n, kt), shape=(1, TILE_N, TILE_K),
-                                     padding_mode=ct.PaddingMode.ZERO).reshape((TILE_N, TILE_K)))
-        else:
-            b = ct.load(W, (expert, kt, pid_n), shape=(1, TILE_K, TILE_N), order=(0, 2, 1),
-                        padding_mode=ct.PaddingMode.ZERO).reshape((TILE_K, TILE_N))
-        acc = ct.mma(a, b, acc)
+        if MUL_ROUTED_WEIGHT:
+            w = ct.gather(topk_weights, replicas, mask=valid, padding_value=0)
+            acc = acc * w[:, None]
 
-    if MUL_ROUTED_WEIGHT:
-        w = ct.gather(topk_weights, replicas, mask=valid, padding_value=0)
-        acc = acc * w[:, None]
+        n_cols = pid_n * TILE_N + ct.arange(TILE_N, dtype=ct.int32)
+        ct.scatter(C, (replicas[:, None], n_cols[None, :]), acc.astype(C.dtype),
+                   mask=valid[:, None])
 
-    n_cols = pid_n * TILE_N + ct.arange(TILE_N, dtype=ct.int32)
-    ct.scatter(C, (replicas[:, None], n_cols[None, :]), acc.astype(C.dtype),
-               mask=valid[:, None])
+
+@ct.kernel
+def fused_moe_kernel(A, W, C, topk_weights, sorted_token_ids, expert_ids,
+                     ROW_DIV: ConstInt, MUL_ROUTED_WEIGHT: ConstBool,
+                     TILE_M: ConstInt, TILE_N: ConstInt, TILE_K: ConstInt,
+                     GROUP_SIZE_M: ConstInt, TRANSPOSE_B: ConstBool):
+    """The fused MoE GEMM (see ``fused_moe_tile``); 1-D grid of num_m * cdiv(N, TILE_N)
+    blocks. W indexed with int32: for weights of fewer than 2**31 elements."""
+    fused_moe_tile(A, W, C, topk_weights, sorted_token_ids, expert_ids, ROW_DIV,
+                   MUL_ROUTED_WEIGHT, TILE_M, TILE_N, TILE_K, GROUP_SIZE_M, TRANSPOSE_B)
+
+
+@ct.kernel
+def fused_moe_kernel_int64(A, W: ct.IndexedWithInt64, C, topk_weights, sorted_token_ids,
+                           expert_ids, ROW_DIV: ConstInt, MUL_ROUTED_WEIGHT: ConstBool,
+                           TILE_M: ConstInt, TILE_N: ConstInt, TILE_K: ConstInt,
+                           GROUP_SIZE_M: ConstInt, TRANSPOSE_B: ConstBool):
+    """The same kernel with W's addresses computed in 64 bits, for weights of 2**31 elements
+    or more (DeepSeek-V3: ``expert * stride`` reaches 7.5e9)."""
+    fused_moe_tile(A, W, C, topk_weights, sorted_token_ids, expert_ids, ROW_DIV,
+                   MUL_ROUTED_WEIGHT, TILE_M, TILE_N, TILE_K, GROUP_SIZE_M, TRANSPOSE_B)
 
 
 @ct.kernel
@@ -205,6 +235,20 @@ def _check_positive_int(fn, name, v):
         raise ValueError(f"{fn}: {name} must be a positive int, got {v!r}")
 
 
+INT32_MAX = 2**31 - 1
+
+
+def needs_int64_indexing(shape, strides, config: TileConfig) -> bool:
+    """Can an element offset of the weights, ``e*s0 + n*s1 + k*s2`` (strides in elements),
+    pass int32 -- counting the padded part of the last tiles, up to one tile past each edge?
+    Then ``fused_moe_matmul`` launches ``fused_moe_kernel_int64``. DeepSeek-V3's w1
+    (256, 4096, 7168) needs it; Mixtral's (8, 28672, 4096) = 9.4e8 elements does not."""
+    E, N, Kd = shape
+    reach = ((E - 1) * strides[0] + (N - 1 + config.tile_n) * strides[1]
+             + (Kd - 1 + config.tile_k) * strides[2])
+    return reach > INT32_MAX
+
+
 def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_weights=None,
                      mul_routed_weight: bool = False, out=None, config: TileConfig | None = None,
                      validate: bool = True):
@@ -279,7 +323,10 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
         return out
     num_m = expert_ids.shape[0]
     grid = (num_m * ct.cdiv(N, config.tile_n),)
-    device.launch(grid, fused_moe_kernel,
+    strides = tuple(st // w.itemsize for st in w.strides)
+    kernel = fused_moe_kernel_int64 if needs_int64_indexing(w.shape, strides, config) \
+        else fused_moe_kernel
+    device.launch(grid, kernel,
                   (a, w, out, weights, sorted_token_ids, expert_ids, int(top_k),
                    bool(mul_routed_weight), config.tile_m, config.tile_n, config.tile_k,
                    config.group_size_m, config.transpose_b))
@@ -343,11 +390,14 @@ def sass_instruction_count(cubin: bytes) -> int:
 # Compile cases (tests/test_compile.py compiles each for sm_80, sm_90, sm_100, sm_120)
 # ---------------------------------------------------------------------------------------------
 
-def gemm_compile_params(dtype, top_k: int, mul_routed_weight: bool, cfg: TileConfig):
-    """The parameters of ``fused_moe_kernel`` for ``compile.export_cubin``: ``dtype`` a ct
-    dtype of A, W and C; W indexed in 64 bits as its annotation says."""
+def gemm_compile_params(dtype, top_k: int, mul_routed_weight: bool, cfg: TileConfig, *,
+                        int64: bool = False):
+    """The parameters of ``fused_moe_kernel`` (``int64=True``: of ``fused_moe_kernel_int64``,
+    whose W is indexed in 64 bits) for ``compile.export_cubin``; ``dtype`` a ct dtype of A, W
+    and C."""
     mul = mul_routed_weight
-    return [array(dtype, 2), array(dtype, 3, index_dtype=ct.int64), array(dtype, 2),
+    w = array(dtype, 3, index_dtype=ct.int64 if int64 else ct.int32)
+    return [array(dtype, 2), w, array(dtype, 2),
             array(ct.float32, 1), array(ct.int32, 1), array(ct.int32, 1),
             top_k, mul, cfg.tile_m, cfg.tile_n, cfg.tile_k, cfg.group_size_m, cfg.transpose_b]
 
@@ -365,6 +415,10 @@ def compile_cases():
                           gemm_compile_params(dt, 8, False, cfg)))
             cases.append((f"gemm2_{name}_{phase}", fused_moe_kernel,
                           gemm_compile_params(dt, 1, True, cfg)))
+    # DeepSeek-V3-sized weights (> 2**31 elements): the 64-bit-indexed kernel, prefill tiles
+    cfg = default_tile_config(2048, 8, 256)
+    cases.append(("gemm1_float16_prefill_int64", fused_moe_kernel_int64,
+                  gemm_compile_params(ct.float16, 8, False, cfg, int64=True)))
     for has_map in (False, True):
         cases.append((f"moe_sum_float16_map{int(has_map)}", moe_sum_kernel,
                       [array(ct.float16, 2), array(ct.int32, 2), array(ct.int32, 1),

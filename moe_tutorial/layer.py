@@ -155,7 +155,8 @@ def _validate(hidden_states, w1, w2, router_logits, top_k, topk_weights, topk_id
 def plan_layer(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize: bool = True,
                topk_weights=None, topk_ids=None, use_grouped_topk: bool = False, n_group=None,
                topk_group=None, e_score_correction_bias=None, routed_scaling_factor: float = 1.0,
-               expert_map=None, config: TileConfig | None = None) -> LayerPlan:
+               expert_map=None, config: TileConfig | None = None,
+               validate: bool = False) -> LayerPlan:
     """Validate the arguments, allocate every buffer, and return the layer as named steps.
     Arguments as in :func:`moe_forward`."""
     T, H, E, E_global, I = _validate(hidden_states, w1, w2, router_logits, top_k, topk_weights,
@@ -184,18 +185,18 @@ def plan_layer(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize:
                 router_logits, K, n_group=n_group, topk_group=topk_group,
                 e_score_correction_bias=e_score_correction_bias,
                 routed_scaling_factor=routed_scaling_factor, renormalize=renormalize,
-                validate=False)
+                validate=validate)
     else:
         def router():
             w, ids = routing.topk_softmax(router_logits, K, renormalize=renormalize,
-                                          validate=False)
+                                          validate=validate)
             if routed_scaling_factor != 1.0:
                 w *= np.float32(routed_scaling_factor)
             b["topk_weights"], b["topk_ids"] = w, ids
 
     def align():
         b["sorted_token_ids"], b["expert_ids"], b["num_tokens_post_padded"] = routing.align(
-            b["topk_ids"], E, cfg.tile_m, expert_map=expert_map, validate=False)
+            b["topk_ids"], E, cfg.tile_m, expert_map=expert_map, validate=validate)
 
     def gemm1():
         fused_moe_matmul(hidden_states, w1, b["sorted_token_ids"], b["expert_ids"], top_k=K,
@@ -225,7 +226,7 @@ def plan_layer(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize:
 def moe_forward(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize: bool = True,
                 topk_weights=None, topk_ids=None, use_grouped_topk: bool = False, n_group=None,
                 topk_group=None, e_score_correction_bias=None, routed_scaling_factor: float = 1.0,
-                expert_map=None, config: TileConfig | None = None):
+                expert_map=None, config: TileConfig | None = None, validate: bool = False):
     """The MoE layer: ``(T, H)`` output of ``hidden_states (T, H)`` (same dtype).
 
     Args:
@@ -243,16 +244,18 @@ def moe_forward(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize
         expert_map: (E_global,) int32 global -> local expert id, -1 when on another rank; the
             result is then this rank's partial sum (other ranks' experts contribute 0).
         config: tile sizes for both GEMMs; default ``fused_moe.default_tile_config``.
+        validate: also check values -- NaN logits, topk_ids and expert_map in range (the
+            routing module's checks; a host sync on the GPU, so off by default).
 
-    No host synchronization: shapes and dtypes are checked on the host, values are not (the
-    kernels drop out-of-range ids instead of reading out of bounds).
+    No host synchronization by default: shapes and dtypes are checked on the host, values are
+    not (the kernels drop ids they cannot place instead of reading out of bounds).
     """
     return plan_layer(hidden_states, w1, w2, router_logits, top_k, renormalize=renormalize,
                       topk_weights=topk_weights, topk_ids=topk_ids,
                       use_grouped_topk=use_grouped_topk, n_group=n_group,
                       topk_group=topk_group, e_score_correction_bias=e_score_correction_bias,
                       routed_scaling_factor=routed_scaling_factor, expert_map=expert_map,
-                      config=config).run()
+                      config=config, validate=validate).run()
 
 
 # ---------------------------------------------------------------------------------------------

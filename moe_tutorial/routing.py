@@ -8,21 +8,24 @@ A router turns each token's logits over ``E`` experts into ``K`` chosen experts 
   from the unbiased scores, renormalized and scaled by ``routed_scaling_factor``.
 
 Both are one fused kernel: a block owns a tile of tokens and all experts (padded to a power of
-two), and picks the top ``K`` by ``K`` rounds of "take the maximum, then hide it". Ties go to the
-lower expert id, explicitly, so both backends agree.
+two), and picks the top ``K`` by ``K`` rounds of "take the maximum, then hide it" (``topk_softmax``
+on int32 keys that sort like the logits, so hiding needs no mask). Ties go to the lower expert
+id, explicitly, so both backends agree.
 
 ``align`` then groups the ``T*K`` token replicas by expert so the expert GEMM can work in tiles of
 ``TILE_M`` rows that all use the same expert. It runs entirely on the device in three launches
 (no host loop, no host sync, so the whole MoE layer can be captured in a CUDA graph):
 
 1. ``align_count_kernel`` — each block counts, per expert, the ids in its chunk of the flattened
-   ``topk_ids`` (a one-hot sum; no atomics, so no zero-filled buffer is needed);
+   ``topk_ids`` (one-hot sums; no atomics, so no zero-filled buffer is needed);
 2. ``align_offsets_kernel`` — one block scans the ``chunks x experts`` count table: per-expert
    totals, padded to multiples of ``TILE_M``, their running sum (where each expert's rows start),
-   and for every chunk the first row its tokens of each expert go to;
-3. ``align_scatter_kernel`` — each block recomputes its chunk's one-hot, ranks every replica
-   among the earlier replicas of the same expert (a cumulative sum), writes it at
+   and, in place, for every chunk the first row its tokens of each expert go to;
+3. ``align_scatter_kernel`` — each block ranks every replica of its chunk among the earlier
+   replicas of the same expert (comparing it with the whole chunk), writes it at
    ``base + rank``, and fills its share of the padding rows and of ``expert_ids``.
+
+All three outputs and the scratch table are views of one int32 allocation.
 
 Because a replica's slot depends only on counts (never on which block ran first), the result is
 deterministic and stable: inside an expert, replicas appear in ascending index order.
@@ -32,7 +35,9 @@ emulator); ``*_reference`` functions are the float64 NumPy ground truth.
 """
 from __future__ import annotations
 
+import functools
 import math
+from typing import NamedTuple
 
 import cuda.tile as ct
 import numpy as np
@@ -44,12 +49,14 @@ ConstInt = ct.Constant[int]
 ConstBool = ct.Constant[bool]
 
 INT32_MAX = 2**31 - 1
-# Tile budget (elements) for the tiles whose width is the padded expert count.
-ROUTER_TILE_ELEMS = 4096
-ALIGN_TILE_ELEMS = 2048     # (SUB, E_PAD) one-hot tiles; 4096 made the scatter kernel 3x bigger
-# Blocks of the alignment kernels aim at this many chunks of topk_ids (~ one per SM on an H100).
-ALIGN_TARGET_CHUNKS = 128
-ALIGN_MAX_TABLE = 65536       # chunks x padded experts scanned by the one-block offsets kernel
+# Tuning constants (the benchmark's --sweep times alternatives; tests shrink them).
+ROUTER_TILE_ELEMS = 4096      # router: a block's (TILE_T, E_PAD) tile holds about this many
+# Alignment splits the T*K replicas into chunks, one per block of the count / scatter kernels:
+ALIGN_TARGET_CHUNKS = 256     # about this many chunks (~2 per SM on an H100) ...
+ALIGN_MIN_CHUNK = 128         # ... of at least this many replicas (fewer, cheaper table rows)
+ALIGN_MAX_TABLE = 65536       # chunks x padded experts, scanned by the one-block offsets kernel
+ALIGN_COUNT_ELEMS = 16384     # count kernel: (rows, E_PAD) one-hot tiles of about this size
+ALIGN_PAIR_ELEMS = 4096       # scatter kernel: (rows, CHUNK) comparison tiles of about this size
 ALIGN_SCAN_ROWS = 64          # offsets kernel: tile of (rows, cols) of the count table
 ALIGN_SCAN_COLS = 128
 ALIGN_BLOCKS_PER_TILE = 16    # scatter kernel: TILE_M blocks handled by one block for expert_ids
@@ -84,6 +91,22 @@ def _max_and_argmax(score, available, index, NONE):
     return best, chosen
 
 
+HIDDEN_KEY = -2**31      # below the key of every float, -inf included: "already chosen"
+
+
+def _order_key(x):
+    """int32 keys that sort like the float32 values ``x``: a float's bit pattern read as an
+    int already sorts like the float for x >= 0; for negative floats (sign bit set) flipping
+    the other 31 bits reverses their order. -0.0 is made +0.0 first, since they compare equal."""
+    bits = ct.bitcast(ct.where(x == 0.0, 0.0, x), ct.int32)
+    return ct.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def _key_value(key):
+    """The float32 value of an :func:`_order_key` key (the bit flip undoes itself)."""
+    return ct.bitcast(ct.where(key < 0, key ^ 0x7FFFFFFF, key), ct.float32)
+
+
 @ct.kernel
 def topk_softmax_kernel(logits, weights, ids,
                         K: ConstInt, RENORMALIZE: ConstBool,
@@ -93,24 +116,30 @@ def topk_softmax_kernel(logits, weights, ids,
     x = ct.load(logits, (ct.bid(0), 0), shape=(TILE_T, E_PAD),
                 padding_mode=ct.PaddingMode.ZERO).astype(ct.float32)
     experts = ct.arange(E_PAD, dtype=ct.int32)[None, :]          # (1, E_PAD)
-    available = ct.broadcast_to(experts < num_experts, (TILE_T, E_PAD))  # padding never wins
-    x = ct.where(available, x, -math.inf)
+    real = experts < num_experts
+    x = ct.where(real, x, -math.inf)                             # padding adds exp(-inf) = 0
 
     # Softmax statistics in fp32: p_e = exp(x_e - row_max) / denom.
     row_max = ct.max(x, axis=1, keepdims=True)                   # (TILE_T, 1)
     denom = ct.sum(ct.exp(x - row_max), axis=1, keepdims=True)
 
-    # Top-K by K rounds of "arg-max, then hide it". Selection compares the logits themselves
-    # (softmax is monotonic), so it is exact; ties go to the lowest expert id.
+    # Top-K by K rounds of "arg-max, then hide it", on int32 keys that order like the logits
+    # (softmax is monotonic, so selecting on logits is exact). A chosen expert's key becomes
+    # HIDDEN_KEY, below every real key -- even a logit of -inf stays selectable, so no
+    # separate "still available" mask is needed. Ties go to the lowest expert id.
+    key = ct.where(real, _order_key(x), HIDDEN_KEY)
     slots = ct.arange(K_PAD, dtype=ct.int32)[None, :]            # (1, K_PAD)
-    top_w = ct.zeros((TILE_T, K_PAD), dtype=ct.float32)
+    top_key = ct.full((TILE_T, K_PAD), HIDDEN_KEY, dtype=ct.int32)
     top_i = ct.zeros((TILE_T, K_PAD), dtype=ct.int32)
     for r in range(K):
-        best, idx = _max_and_argmax(x, available, experts, E_PAD)
+        best = ct.max(key, axis=1, keepdims=True)
+        idx = ct.min(ct.where(key == best, experts, E_PAD), axis=1, keepdims=True)
+        top_key = ct.where(slots == r, best, top_key)
         top_i = ct.where(slots == r, idx, top_i)
-        top_w = ct.where(slots == r, ct.exp(best - row_max) / denom, top_w)
-        available = available & (experts != idx)
+        key = ct.where(experts == idx, HIDDEN_KEY, key)
 
+    # The weights of all K picks at once, after the loop: one (TILE_T, K_PAD) exp.
+    top_w = ct.where(slots < K, ct.exp(_key_value(top_key) - row_max) / denom, 0.0)
     if RENORMALIZE:
         top_w = top_w / ct.sum(top_w, axis=1, keepdims=True)
     # Tiles extend past T and K: stores of partial tiles are masked.
@@ -187,10 +216,17 @@ def grouped_topk_kernel(logits, bias, weights, ids, routed_scaling_factor: float
 # --------------------------------------------------------------------------------------------
 # Alignment: three kernels
 # --------------------------------------------------------------------------------------------
-def _local_expert_ids(flat_ids, expert_map, start, num_experts, HAS_MAP, SUB):
-    """The (local) expert of the replicas ``start .. start+SUB-1``; -1 where dropped: past the
+# Scratch: one int32 table of shape (num_chunks + 3, E). Rows [0, num_chunks) hold the count
+# kernel's per-chunk counts, which the offsets kernel turns (in place) into per-chunk base rows;
+# the last three rows hold, per expert, its first row, the end of its tokens, the end of its
+# padded rows.
+EXPERT_START, TOKEN_END, EXPERT_END = 0, 1, 2
+
+
+def _local_expert_ids(flat_ids, expert_map, start, num_experts, HAS_MAP, N):
+    """The (local) expert of the replicas ``start .. start+N-1``; -1 where dropped: past the
     end, id -1, mapped to -1 by ``expert_map``, or outside [0, num_experts)."""
-    index = start + ct.arange(SUB, dtype=ct.int32)
+    index = start + ct.arange(N, dtype=ct.int32)
     ids = ct.gather(flat_ids, index, mask=index < flat_ids.shape[0], padding_value=-1)
     if HAS_MAP:
         ids = ct.gather(expert_map, ids, mask=(ids >= 0) & (ids < expert_map.shape[0]),
@@ -199,27 +235,28 @@ def _local_expert_ids(flat_ids, expert_map, start, num_experts, HAS_MAP, SUB):
 
 
 @ct.kernel
-def align_count_kernel(flat_ids, expert_map, counts, num_experts: int,
+def align_count_kernel(flat_ids, expert_map, table, num_experts: int,
                        HAS_MAP: ConstBool, CHUNK: ConstInt, SUB: ConstInt, E_PAD: ConstInt):
-    """counts[c, e] = number of replicas of chunk c (CHUNK consecutive ids) routed to expert e."""
+    """table[c, e] = number of replicas of chunk c (CHUNK consecutive ids) routed to expert e."""
     chunk = ct.bid(0)
+    local = _local_expert_ids(flat_ids, expert_map, chunk * CHUNK, num_experts, HAS_MAP, CHUNK)
     experts = ct.arange(E_PAD, dtype=ct.int32)[None, :]
     total = ct.zeros((1, E_PAD), dtype=ct.int32)
-    for s in range(CHUNK // SUB):                       # one-hot tiles of SUB rows at a time
-        local = _local_expert_ids(flat_ids, expert_map, chunk * CHUNK + s * SUB,
-                                  num_experts, HAS_MAP, SUB)
-        one_hot = (local[:, None] == experts).astype(ct.int32)             # (SUB, E_PAD)
-        total = total + ct.sum(one_hot, axis=0, keepdims=True)
-    ct.store(counts, (chunk, 0), total)                                    # masked past E
+    for s in range(CHUNK // SUB):                  # one-hot tiles of SUB rows, summed down
+        part = ct.extract(local, (s,), shape=(SUB,))
+        total = total + ct.sum((part[:, None] == experts).astype(ct.int32), axis=0,
+                               keepdims=True)
+    ct.store(table, (chunk, 0), total)                                     # masked past E
 
 
 @ct.kernel
-def align_offsets_kernel(counts, chunk_base, expert_end, token_end, num_tokens_post_padded,
-                         num_chunks: int, num_experts: int,
+def align_offsets_kernel(table, num_tokens_post_padded, num_chunks: int, num_experts: int,
                          TILE_M: ConstInt, ROWS: ConstInt, COLS: ConstInt):
-    """One block. Per expert: rows [start, end) padded to TILE_M, tokens in [start, token_end);
-    chunk_base[c, e] = row of the first replica of chunk c routed to e."""
+    """One block. Per expert: padded rows [start, end), tokens in [start, token_end). Then, in
+    place, table[c, e] = row of the first replica of chunk c routed to e."""
     zero = ct.PaddingMode.ZERO
+    counts = table.slice(0, 0, num_chunks)
+    per_expert = table.slice(0, num_chunks, num_chunks + 3)
     row_tiles = ct.cdiv(num_chunks, ROWS)
     carry = ct.zeros((1, 1), dtype=ct.int32)           # rows used by the experts before
     for col in range(ct.cdiv(num_experts, COLS)):
@@ -230,40 +267,40 @@ def align_offsets_kernel(counts, chunk_base, expert_end, token_end, num_tokens_p
         padded = ct.cdiv(tokens, TILE_M) * TILE_M
         end = ct.cumsum(padded, axis=1) + carry
         start = end - padded
-        ct.store(expert_end, (col,), ct.reshape(end, (COLS,)))
-        ct.store(token_end, (col,), ct.reshape(start + tokens, (COLS,)))
+        ct.store(per_expert, (EXPERT_START, col), start)
+        ct.store(per_expert, (TOKEN_END, col), start + tokens)
+        ct.store(per_expert, (EXPERT_END, col), end)
         carry = carry + ct.sum(padded, axis=1, keepdims=True)
         # Exclusive running sum over chunks: where each chunk's replicas of expert e begin.
+        # Each tile is read, then overwritten by the same block (the store needs the load).
         base = start
         for row in range(row_tiles):
             tile = ct.load(counts, (row, col), shape=(ROWS, COLS), padding_mode=zero)
-            ct.store(chunk_base, (row, col), base + ct.cumsum(tile, axis=0) - tile)
+            ct.store(counts, (row, col), base + ct.cumsum(tile, axis=0) - tile)
             base = base + ct.sum(tile, axis=0, keepdims=True)
     ct.store(num_tokens_post_padded, (0,), ct.reshape(carry, (1,)))
 
 
 @ct.kernel
-def align_scatter_kernel(flat_ids, expert_map, chunk_base, expert_end, token_end,
-                         num_tokens_post_padded, sorted_token_ids, expert_ids,
+def align_scatter_kernel(flat_ids, expert_map, table, num_tokens_post_padded,
+                         sorted_token_ids, expert_ids,
                          num_replicas: int, num_chunks: int, num_experts: int,
-                         HAS_MAP: ConstBool, CHUNK: ConstInt, SUB: ConstInt, E_PAD: ConstInt,
+                         HAS_MAP: ConstBool, CHUNK: ConstInt, SUB: ConstInt,
                          TILE_M: ConstInt, BLOCKS: ConstInt, COLS: ConstInt):
     """Block b: place the replicas of chunk b; then, for TILE_M blocks b*BLOCKS ..
     (b+1)*BLOCKS-1, write their owning expert (-1 past the end) and the sentinel padding."""
     b = ct.bid(0)
     if b < num_chunks:
-        experts = ct.arange(E_PAD, dtype=ct.int32)[None, :]
-        base = ct.load(chunk_base, (b, 0), shape=(1, E_PAD), padding_mode=ct.PaddingMode.ZERO)
-        for s in range(CHUNK // SUB):
-            first = b * CHUNK + s * SUB
-            local = _local_expert_ids(flat_ids, expert_map, first, num_experts, HAS_MAP, SUB)
-            one_hot = (local[:, None] == experts).astype(ct.int32)          # (SUB, E_PAD)
-            # Row of replica i if it belongs to expert e: base[e] + (# earlier replicas of e).
-            row_if = base + ct.cumsum(one_hot, axis=0) - 1
-            row = ct.sum(row_if * one_hot, axis=1)                          # (SUB,)
-            ct.scatter(sorted_token_ids, row, first + ct.arange(SUB, dtype=ct.int32),
-                       mask=local >= 0)
-            base = base + ct.sum(one_hot, axis=0, keepdims=True)
+        local = _local_expert_ids(flat_ids, expert_map, b * CHUNK, num_experts, HAS_MAP, CHUNK)
+        base = ct.gather(table, (b, local), mask=local >= 0)     # row of the chunk's first
+        pos = ct.arange(CHUNK, dtype=ct.int32)                   # replica of each one's expert
+        for s in range(CHUNK // SUB):                            # SUB replicas at a time
+            mine = ct.extract(local, (s,), shape=(SUB,))
+            me = s * SUB + ct.arange(SUB, dtype=ct.int32)
+            # Rank = earlier replicas of the same expert in the chunk: compare with all of them.
+            earlier = (local[None, :] == mine[:, None]) & (pos[None, :] < me[:, None])
+            row = ct.extract(base, (s,), shape=(SUB,)) + ct.sum(earlier.astype(ct.int32), axis=1)
+            ct.scatter(sorted_token_ids, row, b * CHUNK + me, mask=mine >= 0)
 
     # Owner of TILE_M block j = number of experts whose padded rows end at or before j*TILE_M.
     blocks = b * BLOCKS + ct.arange(BLOCKS, dtype=ct.int32)                 # (BLOCKS,)
@@ -271,14 +308,15 @@ def align_scatter_kernel(flat_ids, expert_map, chunk_base, expert_end, token_end
     owner = ct.zeros((BLOCKS,), dtype=ct.int32)
     for col in range(ct.cdiv(num_experts, COLS)):
         experts = col * COLS + ct.arange(COLS, dtype=ct.int32)
-        ends = ct.gather(expert_end, experts, mask=experts < num_experts,
+        ends = ct.gather(table, (num_chunks + EXPERT_END, experts), mask=experts < num_experts,
                          padding_value=INT32_MAX)
         owner = owner + ct.sum((ends[None, :] <= block_row[:, None]).astype(ct.int32), axis=1)
     total = ct.load(num_tokens_post_padded, (0,), shape=())
     owner = ct.where(block_row < total, owner, -1)
     ct.scatter(expert_ids, blocks, owner, mask=blocks < expert_ids.shape[0])
     # Rows of a block at or past its expert's last token (or of no expert) hold the sentinel.
-    fill_from = ct.gather(token_end, owner, mask=owner >= 0, padding_value=0)
+    fill_from = ct.gather(table, (num_chunks + TOKEN_END, owner), mask=owner >= 0,
+                          padding_value=0)
     rows = block_row[:, None] + ct.arange(TILE_M, dtype=ct.int32)[None, :]  # (BLOCKS, TILE_M)
     ct.scatter(sorted_token_ids, rows, num_replicas,
                mask=(rows >= fill_from[:, None]) & (rows < sorted_token_ids.shape[0]))
@@ -290,7 +328,19 @@ def align_scatter_kernel(flat_ids, expert_map, chunk_base, expert_end, token_end
 _FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
 
 
+def _launch(xp, grid, kernel, args):
+    """``device.launch`` for a wrapper that already knows its array module: CuPy arrays go
+    straight to ``ct.launch`` on the current stream (skipping device.launch's per-argument
+    device checks, which cost more host time than the launch itself), NumPy arrays to the
+    emulator."""
+    if xp is np:
+        launch(grid, kernel, args)
+    else:
+        ct.launch(xp.cuda.get_current_stream(), grid, kernel, args)
+
+
 def _check_logits(logits, k, validate):
+    """Checks ``logits`` and ``k``; returns ``(xp, k)``."""
     if not hasattr(logits, "shape") or not hasattr(logits, "dtype"):
         raise TypeError(f"logits must be a NumPy or CuPy array, got {type(logits).__name__}")
     if logits.ndim != 2:
@@ -305,18 +355,27 @@ def _check_logits(logits, k, validate):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     if not 1 <= k <= num_experts:
         raise ValueError(f"k must be in [1, E={num_experts}], got k={k}")
-    if validate and logits.size and bool(array_module(logits).isnan(logits).any()):
+    xp = array_module(logits)
+    if validate and logits.size and bool(xp.isnan(logits).any()):
         raise ValueError("logits contains NaN")
-    return int(k)
+    return xp, int(k)
 
 
 def _router_outputs(xp, num_tokens, k):
     return _empty(xp, (num_tokens, k), np.float32), _empty(xp, (num_tokens, k), np.int32)
 
 
+@functools.lru_cache(maxsize=256)
+def _router_grid(num_tokens: int, width: int, tile_elems: int) -> tuple[int, int]:
+    """(TILE_T, blocks): tokens per block -- about ``tile_elems`` elements of a row ``width``
+    wide, at most 64 tokens -- and the number of blocks."""
+    tile_t = max(1, min(64, tile_elems // width, next_power_of_2(num_tokens)))
+    return tile_t, -(-num_tokens // tile_t)
+
+
 def _token_tile(num_tokens: int, width: int) -> int:
-    """Tokens per block for the router: about ROUTER_TILE_ELEMS elements, at most 64 tokens."""
-    return max(1, min(64, ROUTER_TILE_ELEMS // width, next_power_of_2(num_tokens)))
+    """Tokens per block for the router (see ``_router_grid``)."""
+    return _router_grid(num_tokens, width, ROUTER_TILE_ELEMS)[0]
 
 
 def topk_softmax(logits, k, *, renormalize=False, validate=True):
@@ -332,16 +391,15 @@ def topk_softmax(logits, k, *, renormalize=False, validate=True):
         ``(weights, ids)``: float32 (T, k) softmax probabilities of the chosen experts, in
         decreasing order, and their int32 (T, k) expert ids.
     """
-    k = _check_logits(logits, k, validate)
-    xp = array_module(logits)
+    xp, k = _check_logits(logits, k, validate)
     num_tokens, num_experts = logits.shape
     weights, ids = _router_outputs(xp, num_tokens, k)
     if num_tokens == 0:
         return weights, ids
     e_pad = next_power_of_2(num_experts)
-    tile_t = _token_tile(num_tokens, e_pad)
-    launch((math.ceil(num_tokens / tile_t),), topk_softmax_kernel,
-           (logits, weights, ids, k, bool(renormalize), tile_t, e_pad, next_power_of_2(k)))
+    tile_t, blocks = _router_grid(num_tokens, e_pad, ROUTER_TILE_ELEMS)
+    _launch(xp, (blocks,), topk_softmax_kernel,
+            (logits, weights, ids, k, bool(renormalize), tile_t, e_pad, next_power_of_2(k)))
     return weights, ids
 
 
@@ -359,8 +417,7 @@ def grouped_topk(logits, k, *, n_group, topk_group, e_score_correction_bias=None
     Returns:
         ``(weights, ids)``: float32 and int32 arrays of shape (T, k), in decreasing biased score.
     """
-    k = _check_logits(logits, k, validate)
-    xp = array_module(logits)
+    xp, k = _check_logits(logits, k, validate)
     num_tokens, num_experts = logits.shape
     n_group, topk_group, group_size = _check_groups(num_experts, k, n_group, topk_group,
                                                     e_score_correction_bias is not None)
@@ -371,13 +428,13 @@ def grouped_topk(logits, k, *, n_group, topk_group, e_score_correction_bias=None
     if num_tokens == 0:
         return weights, ids
     g_pad, s_pad = next_power_of_2(n_group), next_power_of_2(group_size)
-    tile_t = _token_tile(num_tokens, g_pad * s_pad)
+    tile_t, blocks = _router_grid(num_tokens, g_pad * s_pad, ROUTER_TILE_ELEMS)
     has_bias = bias is not None
     if not has_bias:
-        bias = xp.zeros((1,), dtype=xp.float32)      # never read
-    launch((math.ceil(num_tokens / tile_t),), grouped_topk_kernel,
-           (logits, bias, weights, ids, float(routed_scaling_factor), k, n_group, group_size,
-            topk_group, has_bias, bool(renormalize), tile_t, g_pad, s_pad, next_power_of_2(k)))
+        bias = xp.zeros((1,), dtype=xp.float32)       # never read
+    _launch(xp, (blocks,), grouped_topk_kernel,
+            (logits, bias, weights, ids, float(routed_scaling_factor), k, n_group, group_size,
+             topk_group, has_bias, bool(renormalize), tile_t, g_pad, s_pad, next_power_of_2(k)))
     return weights, ids
 
 
@@ -418,16 +475,59 @@ def max_padded_size(num_replicas: int, num_experts: int, tile_m: int) -> int:
     return -(-n // tile_m) * tile_m
 
 
-def _align_plan(num_replicas: int, num_experts: int) -> tuple[int, int, int]:
-    """(CHUNK, SUB, E_PAD): replicas per block, rows per one-hot tile, padded expert count."""
+class AlignLayout(NamedTuple):
+    """How ``align`` splits its work and lays out its one int32 workspace (pure shape maths,
+    computed once per shape and cached)."""
+    num_replicas: int
+    size: int             # len(sorted_token_ids)
+    num_blocks: int       # len(expert_ids) = size // tile_m
+    chunk: int            # replicas per block of the count and scatter kernels
+    count_sub: int        # count kernel: rows of its (count_sub, E_PAD) one-hot tiles
+    pair_sub: int         # scatter kernel: rows of its (pair_sub, chunk) comparison tiles
+    e_pad: int
+    num_chunks: int
+    grid: int             # blocks of the scatter kernel
+    offsets: tuple        # workspace offsets: expert_ids, num_tokens_post_padded, table, end
+
+
+_WORKSPACE_ALIGN = 64     # int32 elements (256 bytes) between the workspace's parts
+
+
+def _align_knobs():
+    return (ALIGN_TARGET_CHUNKS, ALIGN_MIN_CHUNK, ALIGN_COUNT_ELEMS, ALIGN_PAIR_ELEMS,
+            ALIGN_MAX_TABLE, ALIGN_BLOCKS_PER_TILE)
+
+
+@functools.lru_cache(maxsize=256)
+def _align_layout(num_replicas: int, num_experts: int, tile_m: int, knobs) -> AlignLayout:
+    target_chunks, min_chunk, count_elems, pair_elems, max_table, blocks_per_tile = knobs
+    if num_experts < 1:
+        raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+    if tile_m < 1 or tile_m & (tile_m - 1) or tile_m > 1024:
+        raise ValueError(f"tile_m must be a power of two <= 1024, got {tile_m}")
+    n = max(num_replicas, 1)
     e_pad = next_power_of_2(num_experts)
-    sub = max(1, min(64, ALIGN_TILE_ELEMS // e_pad))
-    chunk = next_power_of_2(max(-(-num_replicas // ALIGN_TARGET_CHUNKS),
-                                -(-num_replicas * e_pad // ALIGN_MAX_TABLE), 1))
-    return max(chunk, sub), sub, e_pad
+    chunk = next_power_of_2(max(-(-n // target_chunks), -(-n * e_pad // max_table), min_chunk))
+    num_chunks = -(-n // chunk)
+    size = max_padded_size(num_replicas, num_experts, tile_m)
+    num_blocks = size // tile_m
+    grid = max(num_chunks, -(-num_blocks // blocks_per_tile))
+    # Indices the kernels compute: rows < size, replicas < num_chunks*chunk, TILE_M-block rows.
+    if size > INT32_MAX or max(grid * blocks_per_tile * tile_m, num_chunks * chunk) > 2**31:
+        raise ValueError(f"topk_ids has {num_replicas} replicas: the padded length {size} "
+                         "does not fit int32 indices (T*K + E*(tile_m-1) must stay below 2**31)")
+    up = lambda x: -(-x // _WORKSPACE_ALIGN) * _WORKSPACE_ALIGN  # noqa: E731
+    o_expert_ids = up(size)
+    o_total = o_expert_ids + up(num_blocks)
+    o_table = o_total + _WORKSPACE_ALIGN
+    end = o_table + (num_chunks + 3) * num_experts
+    return AlignLayout(num_replicas, size, num_blocks, chunk,
+                       min(chunk, max(1, count_elems // e_pad)),
+                       min(chunk, max(1, pair_elems // chunk)),
+                       e_pad, num_chunks, grid, (o_expert_ids, o_total, o_table, end))
 
 
-def _check_align_args(topk_ids, num_experts, tile_m, expert_map):
+def _check_align_args(topk_ids, num_experts, tile_m, expert_map) -> AlignLayout:
     if not hasattr(topk_ids, "shape") or not hasattr(topk_ids, "dtype"):
         raise TypeError(f"topk_ids must be a NumPy or CuPy array, got {type(topk_ids).__name__}")
     if topk_ids.ndim != 2:
@@ -437,17 +537,6 @@ def _check_align_args(topk_ids, num_experts, tile_m, expert_map):
     for name, v in (("num_experts", num_experts), ("tile_m", tile_m)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if num_experts < 1:
-        raise ValueError(f"num_experts must be >= 1, got {num_experts}")
-    if tile_m < 1 or tile_m & (tile_m - 1) or tile_m > 1024:
-        raise ValueError(f"tile_m must be a power of two <= 1024, got {tile_m}")
-    num_replicas = int(topk_ids.shape[0]) * int(topk_ids.shape[1])
-    size = max_padded_size(num_replicas, int(num_experts), int(tile_m))
-    chunk = _align_plan(max(num_replicas, 1), int(num_experts))[0]
-    grid = max(-(-max(num_replicas, 1) // chunk), -(-size // tile_m // ALIGN_BLOCKS_PER_TILE))
-    if max(size, grid * ALIGN_BLOCKS_PER_TILE * tile_m) > INT32_MAX:   # rows the kernels index
-        raise ValueError(f"topk_ids has {num_replicas} replicas: the padded length {size} "
-                         "does not fit int32 indices (T*K + E*(tile_m-1) must stay below 2**31)")
     if expert_map is not None:
         if not hasattr(expert_map, "dtype") or \
                 array_module(expert_map) is not array_module(topk_ids):
@@ -457,7 +546,8 @@ def _check_align_args(topk_ids, num_experts, tile_m, expert_map):
                              f"{tuple(expert_map.shape)}")
         if expert_map.dtype.kind not in "iu":
             raise TypeError(f"expert_map must be an integer array (int32), got {expert_map.dtype}")
-    return num_replicas, size
+    t, k = topk_ids.shape
+    return _align_layout(int(t) * int(k), int(num_experts), int(tile_m), _align_knobs())
 
 
 def _check_align_ranges(topk_ids, num_experts, expert_map):
@@ -479,6 +569,55 @@ def _check_align_ranges(topk_ids, num_experts, expert_map):
                              f"num_experts={num_experts}) (-1 = not on this rank), found {bad}")
 
 
+def _int32_vector(xp, a):
+    """``a`` flattened to contiguous int32, without a copy when it already is."""
+    if a.dtype == np.int32 and a.flags.c_contiguous:
+        return a.reshape(-1)
+    return xp.ascontiguousarray(a, dtype=xp.int32).reshape(-1)
+
+
+def align_launches(topk_ids, num_experts, tile_m, *, expert_map=None, validate=True):
+    """Everything :func:`align` does except running the kernels: checks, one workspace, views.
+
+    Returns ``(outputs, launches)``: ``outputs`` as :func:`align` returns them (not written yet)
+    and ``launches``, a list of ``(name, grid, kernel, args)`` for the three kernels, in order.
+    The benchmark uses it to time each kernel; ``align`` just runs them."""
+    layout = _check_align_args(topk_ids, num_experts, tile_m, expert_map)
+    num_experts, tile_m = int(num_experts), int(tile_m)
+    if validate:
+        _check_align_ranges(topk_ids, num_experts, expert_map)
+    xp = array_module(topk_ids)
+    if layout.num_replicas:
+        flat_ids = _int32_vector(xp, topk_ids)
+    else:
+        flat_ids = xp.full((1,), -1, dtype=xp.int32)          # one dropped replica
+    has_map = expert_map is not None
+    emap = _int32_vector(xp, expert_map) if has_map else flat_ids       # never read without
+    # One allocation: the three outputs and the scratch table are views of it.
+    o_expert_ids, o_total, o_table, end = layout.offsets
+    workspace = xp.empty((end,), dtype=xp.int32)
+    if POISON_OUTPUTS:
+        workspace.fill(INT_POISON)
+    sorted_token_ids = workspace[:layout.size]
+    expert_ids = workspace[o_expert_ids:o_expert_ids + layout.num_blocks]
+    num_tokens_post_padded = workspace[o_total:o_total + 1]
+    table = workspace[o_table:end].reshape(layout.num_chunks + 3, num_experts)
+
+    c, n_chunks = layout.chunk, layout.num_chunks
+    launches = [
+        ("count", (n_chunks,), align_count_kernel,
+         (flat_ids, emap, table, num_experts, has_map, c, layout.count_sub, layout.e_pad)),
+        ("offsets", (1,), align_offsets_kernel,
+         (table, num_tokens_post_padded, n_chunks, num_experts, tile_m, ALIGN_SCAN_ROWS,
+          ALIGN_SCAN_COLS)),
+        ("scatter", (layout.grid,), align_scatter_kernel,
+         (flat_ids, emap, table, num_tokens_post_padded, sorted_token_ids, expert_ids,
+          layout.num_replicas, n_chunks, num_experts, has_map, c, layout.pair_sub, tile_m,
+          ALIGN_BLOCKS_PER_TILE, ALIGN_SCAN_COLS)),
+    ]
+    return (sorted_token_ids, expert_ids, num_tokens_post_padded), launches
+
+
 def align(topk_ids, num_experts, tile_m, *, expert_map=None, validate=True):
     """Group the ``T*K`` token replicas by expert, each group padded to a multiple of ``tile_m``.
 
@@ -497,41 +636,14 @@ def align(topk_ids, num_experts, tile_m, *, expert_map=None, validate=True):
         ``expert_ids`` int32 (len(sorted_token_ids) // tile_m,): the expert of each tile_m
         block, -1 for blocks at or past ``num_tokens_post_padded``;
         ``num_tokens_post_padded`` int32 (1,): rows actually used.
+        (All three are views of one int32 allocation, which also holds the kernels' scratch.)
     """
-    num_replicas, size = _check_align_args(topk_ids, num_experts, tile_m, expert_map)
-    num_experts, tile_m = int(num_experts), int(tile_m)
-    if validate:
-        _check_align_ranges(topk_ids, num_experts, expert_map)
-    xp = array_module(topk_ids)
-    flat_ids = xp.ascontiguousarray(topk_ids, dtype=xp.int32).reshape(-1)
-    if num_replicas == 0:
-        flat_ids = xp.full((1,), -1, dtype=xp.int32)          # one dropped replica
-    has_map = expert_map is not None
-    emap = (xp.ascontiguousarray(expert_map, dtype=xp.int32) if has_map
-            else xp.empty((1,), dtype=xp.int32))              # never read
-
-    chunk, sub, e_pad = _align_plan(max(num_replicas, 1), num_experts)
-    num_chunks = -(-max(num_replicas, 1) // chunk)
-    num_blocks = size // tile_m
-    sorted_token_ids = _empty(xp, (size,), np.int32)
-    expert_ids = _empty(xp, (num_blocks,), np.int32)
-    num_tokens_post_padded = _empty(xp, (1,), np.int32)
-    counts = _empty(xp, (num_chunks, num_experts), np.int32)          # scratch
-    chunk_base = _empty(xp, (num_chunks, num_experts), np.int32)
-    expert_end = _empty(xp, (num_experts,), np.int32)
-    token_end = _empty(xp, (num_experts,), np.int32)
-
-    launch((num_chunks,), align_count_kernel,
-           (flat_ids, emap, counts, num_experts, has_map, chunk, sub, e_pad))
-    launch((1,), align_offsets_kernel,
-           (counts, chunk_base, expert_end, token_end, num_tokens_post_padded, num_chunks,
-            num_experts, tile_m, ALIGN_SCAN_ROWS, ALIGN_SCAN_COLS))
-    grid = max(num_chunks, -(-num_blocks // ALIGN_BLOCKS_PER_TILE))
-    launch((grid,), align_scatter_kernel,
-           (flat_ids, emap, chunk_base, expert_end, token_end, num_tokens_post_padded,
-            sorted_token_ids, expert_ids, num_replicas, num_chunks, num_experts, has_map,
-            chunk, sub, e_pad, tile_m, ALIGN_BLOCKS_PER_TILE, ALIGN_SCAN_COLS))
-    return sorted_token_ids, expert_ids, num_tokens_post_padded
+    outputs, launches = align_launches(topk_ids, num_experts, tile_m, expert_map=expert_map,
+                                       validate=validate)
+    xp = array_module(outputs[0])
+    for _, grid, kernel, args in launches:
+        _launch(xp, grid, kernel, args)
+    return outputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -635,17 +747,20 @@ def compile_cases():
                       [a(ct.float32, 2), a(ct.float32, 1), a(ct.float32, 2), a(i32, 2),
                        s(ct.float32), k, ng, gs, tg, has_bias, True,
                        _token_tile(4096, g_pad * s_pad), g_pad, s_pad, next_power_of_2(k)]))
-    # Alignment: the notebook's small case with an EP map, and the benchmark's T=4096, K=8.
-    for e, tile_m, n, has_map in ((8, 4, 24, True), (128, 64, 4096 * 8, False)):
-        chunk, sub, e_pad = _align_plan(n, e)
+    # Alignment: the notebook's small case with an EP map, the benchmark's T=4096, K=8 (E=128
+    # and E=512) and its decode case T=64.
+    for e, tile_m, n, has_map in ((8, 4, 24, True), (128, 64, 4096 * 8, False),
+                                  (512, 64, 4096 * 8, False), (128, 16, 64 * 8, False)):
+        lay = _align_layout(n, e, tile_m, _align_knobs())
         tag = f"E{e}_M{tile_m}_N{n}_map{int(has_map)}"
         cases.append((f"align_count_{tag}", align_count_kernel,
-                      [a(i32, 1), a(i32, 1), a(i32, 2), s(i32), has_map, chunk, sub, e_pad]))
+                      [a(i32, 1), a(i32, 1), a(i32, 2), s(i32), has_map, lay.chunk,
+                       lay.count_sub, lay.e_pad]))
         cases.append((f"align_offsets_{tag}", align_offsets_kernel,
-                      [a(i32, 2), a(i32, 2), a(i32, 1), a(i32, 1), a(i32, 1), s(i32), s(i32),
-                       tile_m, ALIGN_SCAN_ROWS, ALIGN_SCAN_COLS]))
+                      [a(i32, 2), a(i32, 1), s(i32), s(i32), tile_m, ALIGN_SCAN_ROWS,
+                       ALIGN_SCAN_COLS]))
         cases.append((f"align_scatter_{tag}", align_scatter_kernel,
                       [a(i32, 1), a(i32, 1), a(i32, 2), a(i32, 1), a(i32, 1), a(i32, 1),
-                       a(i32, 1), a(i32, 1), s(i32), s(i32), s(i32), has_map, chunk, sub,
-                       e_pad, tile_m, ALIGN_BLOCKS_PER_TILE, ALIGN_SCAN_COLS]))
+                       s(i32), s(i32), s(i32), has_map, lay.chunk, lay.pair_sub, tile_m,
+                       ALIGN_BLOCKS_PER_TILE, ALIGN_SCAN_COLS]))
     return cases

@@ -90,7 +90,8 @@ def test_default_output_is_new_array_of_input_dtype(xp, rng):
     assert_matches_reference(out, x)
 
 
-@pytest.mark.parametrize("in_dtype, out_dtype", [(np.float32, np.float16), (np.float16, np.float32)])
+@pytest.mark.parametrize("in_dtype, out_dtype",
+                         [(np.float32, np.float16), (np.float16, np.float32)])
 def test_output_dtype_may_differ(xp, rng, in_dtype, out_dtype):
     x = random_x(xp, rng, 13, 45, in_dtype)
     out = poisoned(xp, (13, 45), out_dtype)
@@ -115,6 +116,37 @@ def test_empty_problems_return_without_launching(xp, monkeypatch, shape):
     for fn in (act.silu_and_mul, act.silu_and_mul_rowwise):
         out = fn(x)
         assert out.shape == (M, I) and out.dtype == np.float16
+
+
+@pytest.mark.parametrize("hints", [dict(latency=1), dict(latency=10, allow_tma=False),
+                                   dict(occupancy=4), dict(num_ctas=2, occupancy=16),
+                                   dict(latency=5, allow_tma=False, occupancy=2, num_ctas=4)])
+def test_compiler_hints_change_no_result(xp, rng, hints):
+    """Hints only steer the compiler: results stay within tolerance (the emulator ignores
+    them; under -m gpu each combination is compiled and run)."""
+    x = random_x(xp, rng, 23, 600, np.float16)
+    out = poisoned(xp, (23, 600), np.float16)
+    assert act.silu_and_mul(x, out, **hints) is out
+    assert_matches_reference(out, x)
+
+
+def test_hinted_kernel_is_cached_and_carries_the_hints():
+    assert act.hinted_kernel() is act.silu_and_mul_kernel
+    k = act.hinted_kernel(occupancy=4, num_ctas=2)
+    assert act.hinted_kernel(occupancy=4, num_ctas=2) is k         # one object, one JIT cache
+    assert k is not act.silu_and_mul_kernel
+    assert (k._compiler_options.occupancy, k._compiler_options.num_ctas) == (4, 2)
+    assert k._pyfunc is act.silu_and_mul_kernel._pyfunc
+
+
+def test_plan_launch_matches_the_rule(xp):
+    x = xp.zeros((37, 2 * 1408), dtype=np.float16)
+    out, (grid, kernel, args) = act.plan_launch(x, latency=7, allow_tma=False, occupancy=8)
+    assert out.shape == (37, 1408)
+    assert grid == (-(-37 // 2), 3, 1)                   # 2 x 512 tiles (choose_tiles)
+    assert args[3:] == (2, 512, False, False, 7, False)
+    assert kernel is act.hinted_kernel(8, None)
+    assert act.plan_launch(xp.zeros((0, 8), dtype=np.float16))[1] is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,9 +274,15 @@ def test_reference_known_values():
 # Tile rule and byte count
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("M, I, want", [(8192, 2048, (16, 256)), (1, 2048, (1, 256)),
-                                        (70, 100, (32, 128)), (5, 3, (8, 4)), (0, 0, (1, 1)),
-                                        (100000, 1, (4096, 1))])
+@pytest.mark.parametrize("M, I, want", [
+    (8192, 2048, (2, 512)),        # the best shape measured on the H100 (see choose_tiles)
+    (4099, 5000, (2, 512)),        # 512 and 256 both pad 120 columns: the wider wins
+    (12288, 1408, (2, 512)),       # both pad 128 columns
+    (8192, 1100, (4, 256)),        # 256 pads 180 columns, 512 would pad 436
+    (100, 768, (4, 256)),          # 3 x 256: no padding, 512 would pad 256
+    (65536, 256, (4, 256)),        # whole rows
+    (64, 14336, (2, 512)), (1, 2048, (1, 512)), (3, 300, (2, 512)), (70, 100, (8, 128)),
+    (5, 3, (8, 4)), (0, 0, (1, 1)), (100000, 1, (1024, 1))])
 def test_choose_tiles_examples(M, I, want):
     assert act.choose_tiles(M, I) == want
 
@@ -254,9 +292,23 @@ def test_choose_tiles_rule(M, I):
     tm, tn = act.choose_tiles(M, I)
     for t in (tm, tn):
         assert t >= 1 and t & (t - 1) == 0
-    assert tn == min(act.next_pow2(I), act.MAX_TILE_N)
+    if I <= 256:
+        assert tn == act.next_pow2(I)                         # whole rows
+    else:
+        padded = {c: act.padded_width(I, c) for c in act.TILE_N_CHOICES}
+        assert tn in padded and padded[tn] == min(padded.values())    # least padding ...
+        assert all(c < tn for c in act.TILE_N_CHOICES if padded[c] == padded[tn] and c != tn)
+        #                                                     ... with the widest such tile
     assert tm * tn <= max(act.TILE_ELEMS, tn)
     assert tm <= max(act.next_pow2(M), 1)
+    if M >= act.TILE_ELEMS:
+        assert tm * tn == act.TILE_ELEMS                      # full-size blocks when M allows
+
+
+def test_padded_width():
+    assert act.padded_width(1408, 512) == 1536 and act.padded_width(1408, 1024) == 2048
+    assert act.padded_width(2048, 512) == 2048 and act.padded_width(1, 256) == 256
+    assert act.padded_width(0, 256) == 0
 
 
 def test_bytes_moved():
@@ -328,6 +380,21 @@ def test_bad_tiles_are_rejected(xp):
         act.silu_and_mul(x, tile_n=16.0)
     with pytest.raises(TypeError, match=r"tile_m must be an int"):
         act.silu_and_mul(x, tile_m=True)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(latency=0), ValueError, r"latency must be None or an int in \[1, 10\], got 0"),
+    (dict(latency=11), ValueError, r"latency must be None or an int in \[1, 10\], got 11"),
+    (dict(latency=2.0), TypeError, r"latency must be None or an int, got 2.0"),
+    (dict(occupancy=33), ValueError, r"occupancy must be None or an int in \[1, 32\], got 33"),
+    (dict(num_ctas=3), ValueError, r"num_ctas must be None or a power of two in \[1, 16\]"),
+    (dict(num_ctas=32), ValueError, r"num_ctas must be None or a power of two in \[1, 16\]"),
+    (dict(allow_tma=None), TypeError, r"allow_tma must be a bool, got None"),
+])
+def test_bad_hints_are_rejected(xp, monkeypatch, kwargs, error, message):
+    monkeypatch.setattr(act.device, "launch", lambda *a: pytest.fail("launched"))
+    with pytest.raises(error, match=message):
+        act.silu_and_mul(xp.zeros((4, 8), dtype=np.float16), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,3 +472,76 @@ def test_geglu_checker(capsys):
     assert "✅" in capsys.readouterr().out
     assert not check.geglu(_geglu_still_silu)
     assert "that is SwiGLU" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark's tuning logic (bench_activation), run on the emulator with NumPy standing in for
+# CuPy and a scripted timer: which variants it measures, in which order, and what it reports.
+# (The timings themselves only mean something on a GPU: python -m moe_tutorial.bench_activation.)
+# ---------------------------------------------------------------------------------------------
+
+def test_bench_tuning_logic(monkeypatch):
+    from types import SimpleNamespace
+
+    from moe_tutorial import bench_activation as bench
+
+    stream = SimpleNamespace(synchronize=lambda: None)
+    numpy_as_cupy = SimpleNamespace(full=np.full, nan=np.nan, float64=np.float64, exp=np.exp,
+                                    abs=np.abs,
+                                    cuda=SimpleNamespace(get_current_stream=lambda: stream))
+    monkeypatch.setattr(bench, "_cp", lambda: numpy_as_cupy)
+    rng = np.random.default_rng(1)
+    monkeypatch.setattr(bench, "random_input",
+                        lambda M, I, dtype=np.float16: random_x(np, rng, M, I, dtype))
+
+    scripted_ms = {((1, 64), ()): 1.5, ((2, 32), ()): 1.0, ((4, 16), ()): 2.0,
+                   ((2, 32), (("occupancy", 2),)): 0.9, ((2, 32), (("occupancy", 4),)): 0.95,
+                   ((2, 32), (("latency", 10),)): 0.98, ((2, 32), (("allow_tma", False),)): 1.2,
+                   ((2, 32), (("latency", 10), ("occupancy", 2))): 0.85}
+    current = {}
+    real_launch = bench._our_launch
+
+    def recording_launch(x, out, tile_m=None, tile_n=None, **hints):
+        if "num_ctas" in hints:
+            raise RuntimeError("cluster launch failed\nsecond line")
+        current["key"] = ((tile_m, tile_n), tuple(sorted(hints.items())))
+        return real_launch(x, out, tile_m, tile_n, **hints)
+
+    def scripted_time(run, **kwargs):
+        run()
+        return scripted_ms[current["key"]]
+
+    monkeypatch.setattr(bench, "_our_launch", recording_launch)
+    monkeypatch.setattr(bench, "gpu_time_ms", scripted_time)
+
+    M, I, copy_gbs = 6, 40, 100.0
+    hints = [{"occupancy": 2}, {"occupancy": 4}, {"latency": 10}, {"num_ctas": 2},
+             {"allow_tma": False}]
+    rows = bench.tune_shape(M, I, [(1, 64), (2, 32), (4, 16)], hints, copy_gbs)
+
+    assert [r["stage"] for r in rows] == ["tile"] * 3 + ["hint"] * 5 + ["combined"]
+    assert all((r["tile_m"], r["tile_n"]) == (2, 32) for r in rows[3:])  # hints on the fastest
+    failed = [r for r in rows if r["correct"] is None]
+    assert [r["hints"] for r in failed] == [{"num_ctas": 2}]
+    assert failed[0]["check"] == "failed: RuntimeError: cluster launch failed"
+    assert all(r["correct"] is True for r in rows if r not in failed)   # checked vs reference
+    # occupancy=2 and latency=10 each beat the tile by > 1%, no-TMA did not: those two combined
+    assert rows[-1]["hints"] == {"latency": 10, "occupancy": 2}
+    assert rows[-1]["impl"] == "cuTile 2x32 lat=10 occ=2"
+    nbytes = bench.act.bytes_moved(M, I, np.float16)
+    assert rows[-1]["GB/s"] == pytest.approx(nbytes / 0.85e-3 / 1e9)
+
+    size_rows = [bench._row("cuTile 2x32", M, I, nbytes, 1.0, copy_gbs, True, ""),
+                 bench._row("CuPy ElementwiseKernel", M, I, nbytes, 1.7, copy_gbs, True, "")]
+    text = bench.summarize(M, I, rows, size_rows)
+    assert text.startswith("6x40: best 2x32 lat=10 occ=2: 0.8500 ms")
+    assert "default rule 2x32: 1.0000 ms" in text
+    assert "CuPy time / best time: 2.00, CuPy time / default rule time: 1.70" in text
+    print(bench.format_table(rows))                    # formats failed rows without raising
+
+
+def test_bench_exits_cleanly_without_a_gpu(monkeypatch, capsys):
+    from moe_tutorial import bench_activation as bench
+    monkeypatch.setattr(bench.device, "backend", lambda: "cpu")
+    assert bench.main([]) == 0
+    assert "needs a GPU" in capsys.readouterr().out

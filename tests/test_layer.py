@@ -43,15 +43,43 @@ def _assert_close(got, want, dtype_name):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(T=st.integers(1, 20), H=st.integers(1, 80), E=st.integers(1, 10), I=st.integers(1, 60),
        K=st.integers(1, 4), renormalize=st.booleans(),
-       dtype_name=st.sampled_from(["float16", "float32"]), data=st.data())
-def test_layer_matches_reference(xp, T, H, E, I, K, renormalize, dtype_name, data):
+       dtype_name=st.sampled_from(["float16", "float32"]),
+       tile_m=st.sampled_from([None, 16, 32, 64]), data=st.data())
+def test_layer_matches_reference(xp, T, H, E, I, K, renormalize, dtype_name, tile_m, data):
     rng = np.random.default_rng(data.draw(st.integers(0, 2**31 - 1)))
     K = min(K, E)
     x, w1, w2, logits = _problem(xp, rng, T, H, E, I, dtype_name)
+    config = None if tile_m is None else TileConfig(tile_m, 32, 32, 4)
     got = layer.moe_forward(xp.asarray(x), xp.asarray(w1), xp.asarray(w2), xp.asarray(logits),
-                            K, renormalize=renormalize)
+                            K, renormalize=renormalize, config=config)
     want = ref.moe_forward(x, w1, w2, logits, K, renormalize=renormalize)
     _assert_close(got, want, dtype_name)
+
+
+def test_reference_agrees_with_the_routing_references(rng):
+    """reference.py's router and alignment (the layer's ground truth) and routing.py's NumPy
+    references were written independently; they must agree."""
+    from moe_tutorial import routing
+    logits = rng.standard_normal((50, 32)).astype(np.float32)
+    bias = (0.1 * rng.standard_normal(32)).astype(np.float32)
+    for renorm in (False, True):
+        w, ids = ref.topk_softmax(logits, 4, renormalize=renorm)
+        w_r, ids_r = routing.topk_softmax_reference(logits, 4, renormalize=renorm)
+        np.testing.assert_array_equal(ids, ids_r)
+        np.testing.assert_allclose(w, w_r, rtol=1e-6)
+    for b in (bias, None):
+        kw = dict(n_group=8, topk_group=3, e_score_correction_bias=b, routed_scaling_factor=2.5)
+        w, ids = ref.grouped_topk(logits, 4, **kw)
+        w_r, ids_r = routing.grouped_topk_reference(logits, 4, **kw)
+        np.testing.assert_array_equal(ids, ids_r)
+        np.testing.assert_allclose(w, w_r, rtol=1e-6)
+    topk_ids = rng.integers(-1, 12, size=(30, 3)).astype(np.int32)
+    emap = np.where(np.arange(12) % 3 == 0, -1, np.arange(12) // 2).astype(np.int32)
+    for tile_m, m in ((16, None), (4, emap)):
+        E = 12 if m is None else int(emap.max()) + 1
+        for a, b in zip(ref.align(topk_ids, E, tile_m, expert_map=m),
+                        routing.align_reference(topk_ids, E, tile_m, expert_map=m)):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("tile_m", [16, 32, 64])
@@ -148,6 +176,15 @@ def test_baselines_agree(xp, rng):
     _assert_close(layer.moe_forward_host_aligned(*args), want, "float32")
 
 
+def test_validate_checks_values(xp):
+    """validate=True adds the value checks (a host sync on the GPU): ids out of range."""
+    x, w1, w2 = (xp.zeros(s, np.float32) for s in ((3, 8), (4, 6, 8), (4, 8, 3)))
+    ids = xp.asarray(np.array([[0, 5]] * 3, np.int32))            # 5 >= E = 4
+    with pytest.raises(ValueError, match="topk_ids must be in"):
+        layer.moe_forward(x, w1, w2, None, 2, topk_weights=xp.ones((3, 2), np.float32),
+                          topk_ids=ids, validate=True)
+
+
 def _good():
     return dict(hidden_states=np.zeros((4, 8), np.float16), w1=np.zeros((3, 10, 8), np.float16),
                 w2=np.zeros((3, 8, 5), np.float16), router_logits=np.zeros((4, 3), np.float32),
@@ -224,3 +261,26 @@ def test_layer_is_capturable_in_a_cuda_graph():
         stream.synchronize()
     want = ref.moe_forward(x, w1, w2, logits, p.top_k, **p.router_kwargs())
     _assert_close(plan.buffers["out"], want, "float16")
+
+
+def test_roofline_floor_arithmetic():
+    """layer_cost / roofline_floor_ms (used by the benchmark and the notebook 04 checker),
+    against a hand count for Qwen3-30B-A3B decode: 64 tokens, all 128 experts used."""
+    from moe_tutorial import bench_layer
+    flops, nbytes = bench_layer.layer_cost(64, 2048, 768, 8, 128, 2)
+    assert flops == 2 * 64 * 8 * 3 * 2048 * 768                  # 4.83 GFLOP
+    assert nbytes == (128 * 3 * 2048 * 768 + 2 * 64 * 2048) * 2   # 1.21 GB: the weights
+    # memory-bound at 3350 GB/s: 1.2084e9 B / 3.35e12 B/s = 0.3607 ms
+    assert bench_layer.roofline_floor_ms(flops, nbytes, 989.0, 3350.0) == \
+        pytest.approx(nbytes / 3350e9 * 1e3)
+    assert bench_layer.roofline_floor_ms(1e12, 1.0, 1.0, 1.0) == pytest.approx(1e3)
+    g = bench_layer.gemm_costs(64, 2048, 768, 8, 128)
+    assert sum(f for f, _ in g.values()) == flops
+
+
+def test_benchmark_on_cpu_says_it_needs_a_gpu(capsys):
+    if device.gpu_status()[0]:
+        pytest.skip("a GPU is present: the benchmark would run for minutes")
+    from moe_tutorial import bench_layer
+    assert bench_layer.main([]) == 0
+    assert "needs a GPU" in capsys.readouterr().out

@@ -105,6 +105,23 @@ def test_topk_softmax_strided_and_inf_logits(xp, rng):
     _check_router(got, topk_softmax_reference(logits, 4), 4, 5)
 
 
+def test_topk_softmax_signed_zeros_and_infinities(xp):
+    """The kernel selects on int32 keys that sort like the floats: -0.0 must tie with +0.0
+    (lower id first, as in the reference), and -inf logits must stay selectable, after every
+    finite one and before nothing -- a chosen expert is hidden below all of them."""
+    inf = np.inf
+    logits = np.array([[0.0, -0.0, 0.0, -0.0, -1.0, 2.0],
+                       [-0.0, -inf, -inf, -1e30, -inf, -3.4028235e38],
+                       [-inf, -inf, -inf, -inf, -inf, 5.0],
+                       [-3.0, -inf, 7.5, -inf, -0.0, 7.5]], np.float32)
+    for k in (1, 3, 6):
+        got = topk_softmax(xp.asarray(logits), k)
+        _check_router(got, topk_softmax_reference(logits, k), k, len(logits))
+    np.testing.assert_array_equal(to_numpy(got[1])[:3], [[5, 0, 1, 2, 3, 4],
+                                                         [0, 3, 5, 1, 2, 4],
+                                                         [5, 0, 1, 2, 3, 4]])
+
+
 def test_topk_softmax_bfloat16_on_cpu(rng):
     """bfloat16 logits (ml_dtypes) on the emulator; CuPy has no bfloat16."""
     import ml_dtypes
@@ -398,10 +415,13 @@ def test_align_hand_example(xp):
 
 
 def test_align_many_chunks_and_expert_slices(xp, rng, monkeypatch):
-    """Shrink the kernels' tiles so small inputs exercise every loop: several chunks per
-    row tile and several row and column tiles in the offsets kernel, several expert slices."""
+    """Shrink the kernels' tiles so small inputs exercise every loop: many chunks, several
+    one-hot and comparison tiles per chunk, several row and column tiles in the offsets
+    kernel, several expert slices."""
     monkeypatch.setattr(routing, "ALIGN_TARGET_CHUNKS", 64)
-    monkeypatch.setattr(routing, "ALIGN_TILE_ELEMS", 64)
+    monkeypatch.setattr(routing, "ALIGN_MIN_CHUNK", 4)
+    monkeypatch.setattr(routing, "ALIGN_COUNT_ELEMS", 64)     # one-hot tiles of 2 rows
+    monkeypatch.setattr(routing, "ALIGN_PAIR_ELEMS", 8)       # comparison tiles of 2 rows
     monkeypatch.setattr(routing, "ALIGN_SCAN_ROWS", 4)
     monkeypatch.setattr(routing, "ALIGN_SCAN_COLS", 8)
     monkeypatch.setattr(routing, "ALIGN_BLOCKS_PER_TILE", 2)
@@ -481,7 +501,7 @@ def test_align_refuses_sizes_beyond_int32(xp):
         align(huge, 128, 64)
     # Just below the limit the host-side checks accept it (not launched here: 8 GiB of ids).
     below = xp.broadcast_to(xp.zeros((1, 8), xp.int32), (2**28 - 2**14, 8))
-    assert routing._check_align_args(below, 128, 64, None)[1] < 2**31
+    assert routing._check_align_args(below, 128, 64, None).size < 2**31
 
 
 def test_max_padded_size():
