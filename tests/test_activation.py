@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 import moe_tutorial.activation as act
 from moe_tutorial import check, device
 
+from conftest import examples
+
 BF16 = np.dtype(ml_dtypes.bfloat16)
-HYPOTHESIS = settings(max_examples=40, deadline=None,
+HYPOTHESIS = settings(max_examples=examples(40), deadline=None,
                       suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

@@ -25,6 +25,8 @@ import cuda.tile as ct
 from moe_tutorial import device, fused_moe as fm, reference as ref
 from moe_tutorial.compile import export_cubin
 
+from conftest import examples
+
 NORM_TOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1.6e-2}
 
 
@@ -89,7 +91,7 @@ tiles = st.builds(fm.TileConfig, tile_m=st.sampled_from([16, 32, 64]),
                   group_size_m=st.sampled_from([1, 2, 8]), transpose_b=st.booleans())
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(T=st.integers(1, 24), H=st.integers(1, 100), N=st.integers(1, 100), E=st.integers(1, 9),
        K=st.integers(1, 4), gemm2=st.booleans(), duplicates=st.booleans(),
        drop=st.sampled_from([0.0, 0.0, 0.3]), dtype_name=st.sampled_from(["float16", "float32"]),
@@ -103,7 +105,7 @@ def test_matches_reference(xp, T, H, N, E, K, gemm2, duplicates, drop, dtype_nam
               config=config, gemm2=gemm2, duplicates=duplicates, drop_fraction=drop)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(15), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(T=st.integers(1, 16), E_global=st.integers(2, 12), K=st.integers(1, 3),
        gemm2=st.booleans(), data=st.data())
 def test_expert_parallel_map(xp, T, E_global, K, gemm2, data):

@@ -21,6 +21,8 @@ from moe_tutorial import device, layer, presets
 from moe_tutorial import reference as ref
 from moe_tutorial.fused_moe import TileConfig
 
+from conftest import examples
+
 TOL = {"float32": 1e-5, "float16": 3e-3}
 
 
@@ -40,7 +42,7 @@ def _assert_close(got, want, dtype_name):
     assert err <= TOL[dtype_name], f"relative error {err:.3g} > {TOL[dtype_name]}"
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(T=st.integers(1, 20), H=st.integers(1, 80), E=st.integers(1, 10), I=st.integers(1, 60),
        K=st.integers(1, 4), renormalize=st.booleans(),
        dtype_name=st.sampled_from(["float16", "float32"]),

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 import moe_tutorial as mt
 from moe_tutorial.tiles import compile_cases, vector_add, vector_add_kernel, vector_add_reference
 
+from conftest import examples
+
 
 def _inputs(xp, rng, n, dtype):
     a = rng.standard_normal(n).astype(dtype)
@@ -32,7 +34,7 @@ def test_vector_add_matches_reference(xp, rng, n, tile, dtype):
                                rtol=_tolerance(dtype), atol=0)
 
 
-@settings(max_examples=20, deadline=None,
+@settings(max_examples=examples(20), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 3000), tile_log2=st.integers(4, 10), seed=st.integers(0, 2**32 - 1))
 def test_vector_add_any_size(xp, n, tile_log2, seed):
