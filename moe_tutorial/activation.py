@@ -18,10 +18,11 @@ Numerics (all math in float32, whatever the input and output dtypes):
   gives ``-inf / inf = NaN``, like PyTorch's ``x * sigmoid(x)``; a gate of ``+inf`` gives ``+inf``.)
 * Large positive gates: ``exp(-g)`` underflows to 0, so ``silu(g) = g`` exactly.
 * ``approx_div=True`` uses cuTile's approximate division (``RoundingMode.APPROX``: a reciprocal
-  and a multiply, about 2 ulp in float32 instead of correctly rounded).
+  and a multiply, about 2 ulp in float32 instead of correctly rounded). It is the default for
+  16-bit outputs and off for float32 outputs (``default_approx_div``).
 * ``flush_to_zero=True`` flushes float32 subnormals (``|v| < 1.2e-38``) to zero in the add, the
-  division and the multiplies. Both options only change the last bits of a float32 result and
-  nothing at all after rounding to float16 or bfloat16.
+  division and the multiplies. Both options only change the last bits of a float32 result;
+  after rounding to float16 they do not change the maximum error (``division_error_study``).
 """
 from __future__ import annotations
 
@@ -134,8 +135,14 @@ def choose_tiles(M: int, I: int) -> tuple[int, int]:
     82.5%), 2048 elements 72.8% (8x256), 4096 elements 52-59% (16x256, the previous rule:
     53.2%; 8x512: 52.3%; 4x1024: 58.5%). 2x512 beats 1x1024 only by about one percent, that
     run's noise level: putting 1024 first in ``TILE_N_CHOICES`` would pick 1x1024 wherever it
-    pads no more. The benchmark sweeps tile shapes and compiler hints to re-check the rule on
-    your GPU; ``silu_and_mul(..., tile_m=, tile_n=)`` overrides it.
+    pads no more. A later run on the same card (device-to-device copy 2960 GB/s) agreed:
+    1x1024, 2x512 and 4x256 within 83-85%, 2048-element tiles 73-77%. The benchmark sweeps tile
+    shapes and compiler hints to re-check the rule on your GPU; ``silu_and_mul(..., tile_m=,
+    tile_n=)`` overrides it.
+
+    Not the tile shape but the row width's divisibility by 16 decides whether the loads are
+    vectorized: ``silu_and_mul`` gives widths like ``I = 5000`` a second launch for the last
+    ``I % 16`` columns, so this rule is applied to ``I - I % 16`` columns (``split_columns``).
     """
     if I <= 256:
         tile_n = next_pow2(I)
@@ -248,34 +255,103 @@ def _check_hint(name: str, value, low: int, high: int, power_of_two: bool = Fals
     return value
 
 
-def plan_launch(x, out=None, *, tile_m=None, tile_n=None, approx_div=False, flush_to_zero=False,
-                latency=None, allow_tma=True, occupancy=None, num_ctas=None):
-    """Check the arguments of ``silu_and_mul`` and return ``(out, launch)``: ``launch`` is
-    ``(grid, kernel, args)`` for ``device.launch``, or ``None`` when there is nothing to compute.
-    (The benchmark plans once and times the launch alone.)"""
+VECTOR_COLUMNS = 16      # cuTile's JIT assumes a column count divisible by 16 only when it is
+SPLIT_MIN_ELEMS = 1 << 22  # split off the odd tail columns only for M*I >= 4M elements
+
+
+def split_columns(M: int, I: int, split_tail=None) -> int:
+    """Columns of the main launch: ``I`` itself, or ``I`` rounded down to a multiple of 16 when
+    the last ``I % 16`` columns go to a second, narrow launch.
+
+    Why: when it launches a kernel, cuTile specializes it on each array's shape being divisible
+    by 16 (per axis, AND-ed over the arrays of one dtype) -- nothing finer. For ``I = 5000``
+    (divisible by 8, not 16) the compiler must assume any column count, and the sm_90 code of
+    the 2x512 kernel grows from 496 to 768 SASS instructions (288 to 560 with approximate
+    division): the loads and stores go element by element instead of in 16-byte vectors
+    (``compile.export_cubin`` with ``shape_divisible_by`` 16 vs 1, counted with
+    ``fused_moe.sass_instruction_count``; the row count M does not matter). Measured on an
+    NVIDIA H100 80GB HBM3, M=4099, I=5000 ran at 43% of the copy bandwidth against 85-90% for
+    I=2048. Splitting costs one more launch (a few microseconds), so ``split_tail=None`` (auto)
+    splits only when ``I % 16 != 0``, ``I > 16`` and ``M * I >= SPLIT_MIN_ELEMS`` (and
+    ``plan_launch`` also requires 16-byte aligned views, ``_aligned_16_bytes``); ``True``/
+    ``False`` force it."""
+    tail = I % VECTOR_COLUMNS
+    if split_tail is None:
+        split_tail = tail != 0 and I > VECTOR_COLUMNS and M * I >= SPLIT_MIN_ELEMS
+    return I - tail if split_tail and I > VECTOR_COLUMNS else I
+
+
+def _aligned_16_bytes(arrays) -> bool:
+    """Whether every array's base address and strides are multiples of 16 bytes -- the other
+    condition cuTile's JIT checks for vector loads (``base_addr_divisible_by=2`` instead of 16
+    also gives the 592-instead-of-312 SASS of an unvectorized kernel). With ``I = 4100``, say,
+    the up half starts 8200 bytes into each row: splitting off the tail would not help."""
+    def address(a):
+        return a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.data.ptr
+    return all(address(a) % 16 == 0 and all(st % 16 == 0 for st in a.strides[:-1])
+               for a in arrays)
+
+
+def default_approx_div(out_dtype) -> bool:
+    """The default division: approximate when the output is 16-bit (float16, bfloat16), exact
+    (correctly rounded) for float32 outputs.
+
+    Why: approximate division (about 2 ulp of float32, i.e. 2**-22 relative) is 2**11 times finer
+    than float16's rounding step (2**-11) and 2**14 times finer than bfloat16's, so it can only
+    move a 16-bit result where the exact float32 value lies within ~2 float32 ulp of a rounding
+    midpoint: ``division_error_study()`` finds the same maximum error against float64 with either
+    division for float16 outputs. On an NVIDIA H100 80GB HBM3 (measured by us) approximate
+    division with FTZ raised 8192x2048 from 84.7% to 86.0% of the copy bandwidth, 16384x2048
+    from 89.8% to 93.3% and 12288x1408 from 76.2% to 85.2%. A float32 output would show the
+    difference, so it keeps the exact division. ``approx_div=True/False`` forces either."""
+    return np.dtype(out_dtype).itemsize == 2
+
+
+def plan_launch(x, out=None, *, tile_m=None, tile_n=None, approx_div=None, flush_to_zero=False,
+                latency=None, allow_tma=True, occupancy=None, num_ctas=None, split_tail=None):
+    """Check the arguments of ``silu_and_mul`` and return ``(out, launches)``: ``launches`` is a
+    list of ``(grid, kernel, args)`` for ``device.launch`` -- empty when there is nothing to
+    compute, two entries when the odd tail columns get their own launch (``split_columns``).
+    (The benchmark plans once and times the launches alone.)"""
     xp, x, out, M, I = _prepare(x, out)
-    auto_m, auto_n = choose_tiles(M, I)
-    tile_m = auto_m if tile_m is None else _check_tile("tile_m", tile_m)
-    tile_n = auto_n if tile_n is None else _check_tile("tile_n", tile_n)
     latency = _check_hint("latency", latency, 1, 10)
     occupancy = _check_hint("occupancy", occupancy, 1, 32)
     num_ctas = _check_hint("num_ctas", num_ctas, 1, 16, power_of_two=True)
-    if not isinstance(allow_tma, (bool, np.bool_)):
-        raise TypeError(f"allow_tma must be a bool, got {allow_tma!r}")
+    for name, value in (("allow_tma", allow_tma), ("approx_div", approx_div),
+                        ("split_tail", split_tail)):
+        if not isinstance(value, (bool, np.bool_)) and not (value is None and name != "allow_tma"):
+            raise TypeError(f"{name} must be a bool{'' if name == 'allow_tma' else ' or None'}, "
+                            f"got {value!r}")
+    user_m = None if tile_m is None else _check_tile("tile_m", tile_m)
+    user_n = None if tile_n is None else _check_tile("tile_n", tile_n)
     if M == 0 or I == 0:
-        return out, None                             # nothing to compute: no launch
-    grid = (-(-M // tile_m), -(-I // tile_n), 1)
-    if grid[1] > MAX_GRID_Y:
-        raise ValueError(f"tile_n={tile_n} gives {grid[1]} column tiles, more than the grid "
-                         f"allows ({MAX_GRID_Y}); use a larger tile_n")
-    args = (x[:, :I], x[:, I:], out, tile_m, tile_n, bool(approx_div), bool(flush_to_zero),
-            latency or 0, bool(allow_tma))
-    return out, (grid, hinted_kernel(occupancy, num_ctas), args)
+        return out, []                               # nothing to compute: no launch
+    approx = default_approx_div(out.dtype) if approx_div is None else bool(approx_div)
+    kernel = hinted_kernel(occupancy, num_ctas)
+    main = split_columns(M, I, split_tail)
+    if split_tail is None and main != I and not _aligned_16_bytes(
+            [x[:, :main], x[:, I:I + main], out[:, :main]]):
+        main = I            # unaligned base or row stride: no vector loads either way (see below)
+    launches = []
+    for start, width, (tm, tn) in ((0, main, (user_m, user_n)), (main, I - main, (None, None))):
+        if width == 0:
+            continue
+        auto_m, auto_n = choose_tiles(M, width)
+        tm, tn = auto_m if tm is None else tm, auto_n if tn is None else tn
+        grid = (-(-M // tm), -(-width // tn), 1)
+        if grid[1] > MAX_GRID_Y:
+            raise ValueError(f"tile_n={tn} gives {grid[1]} column tiles, more than the grid "
+                             f"allows ({MAX_GRID_Y}); use a larger tile_n")
+        args = (x[:, start:start + width], x[:, I + start:I + start + width],
+                out[:, start:start + width], tm, tn, approx, bool(flush_to_zero),
+                latency or 0, bool(allow_tma))
+        launches.append((grid, kernel, args))
+    return out, launches
 
 
-def silu_and_mul(x, out=None, *, tile_m=None, tile_n=None, approx_div=False,
+def silu_and_mul(x, out=None, *, tile_m=None, tile_n=None, approx_div=None,
                  flush_to_zero=False, latency=None, allow_tma=True, occupancy=None,
-                 num_ctas=None):
+                 num_ctas=None, split_tail=None):
     """``silu(x[:, :I]) * x[:, I:]`` for ``x`` of shape ``(M, 2I)``, computed in float32.
 
     Args:
@@ -285,19 +361,24 @@ def silu_and_mul(x, out=None, *, tile_m=None, tile_n=None, approx_div=False,
         out: optional ``(M, I)`` array on the same device, any supported float dtype (the
             result is rounded to it); by default a new array of ``x.dtype``.
         tile_m, tile_n: override the tile shape (powers of two); default ``choose_tiles(M, I)``.
-        approx_div, flush_to_zero: faster float32 math, see the module docstring.
+        approx_div: approximate float32 division; ``None`` (default): approximate for 16-bit
+            outputs, exact for float32 outputs (``default_approx_div`` says why).
+        flush_to_zero: flush float32 subnormals to zero; see the module docstring.
         latency, allow_tma: hints for the loads (``latency`` 1-10, ``None``: the compiler
             infers it) and for the loads and store (``allow_tma=False``: no TMA copies).
         occupancy, num_ctas: kernel-level compiler hints, see ``hinted_kernel``.
             The hints change speed only; ``python -m moe_tutorial.bench_activation`` measures them.
+        split_tail: give the last ``I % 16`` columns their own launch so that the main one gets
+            16-byte vector loads; ``None``: when it pays (``split_columns`` says why).
 
     Returns:
         ``out``.
     """
-    out, launch = plan_launch(x, out, tile_m=tile_m, tile_n=tile_n, approx_div=approx_div,
-                              flush_to_zero=flush_to_zero, latency=latency, allow_tma=allow_tma,
-                              occupancy=occupancy, num_ctas=num_ctas)
-    if launch is not None:
+    out, launches = plan_launch(x, out, tile_m=tile_m, tile_n=tile_n, approx_div=approx_div,
+                                flush_to_zero=flush_to_zero, latency=latency,
+                                allow_tma=allow_tma, occupancy=occupancy, num_ctas=num_ctas,
+                                split_tail=split_tail)
+    for launch in launches:
         device.launch(*launch)
     return out
 
@@ -337,6 +418,52 @@ def tolerance(dtype) -> tuple[float, float]:
             "float32": (1e-5, 1e-30)}[name]
 
 
+def _silu_mul_f32_model(g, u, approx: bool, ulp_error: int = 0):
+    """NumPy float32 model of ``silu_mul_f32``: exact division is correctly rounded; approximate
+    division is PTX ``div.approx.f32`` at its documented worst case -- ``g * (1/d)`` pushed
+    ``ulp_error`` float32 ulps further (the spec allows 2), and 0 for ``2**126 < |d| < 2**128``."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        d = np.float32(1) + np.exp(-g)
+        if not approx:
+            silu = g / d
+        else:
+            silu = g * (np.float32(1) / d)
+            silu = np.where((np.abs(d) > 2.0 ** 126) & np.isfinite(d), np.float32(0), silu)
+            for _ in range(ulp_error):                       # nudge away from zero, 1 ulp each
+                silu = np.nextafter(silu, np.copysign(np.float32(np.inf), silu))
+        return (silu * u).astype(np.float32)
+
+
+def division_error_study(out_dtype=np.float16, n: int = 1 << 20, seed: int = 0) -> dict:
+    """Max error against float64 of a 16-bit (or float32) output with exact vs approximate
+    division (plain ``g * (1/d)``, and pushed 2 ulp away from zero: the spec's bound), on
+    random gates/ups (normal, scale 3) and on extreme gates (|g| <= 87, up to where ``1 + exp(-g)`` nears 2**126; beyond it both
+    divisions give |silu| < 1e-36 or 0, zero in float16, and float32's exp overflows at
+    -88.7 anyway -- ``test_extreme_gates_give_no_nan`` covers that range). Returns
+    ``{set: {"exact": err, "approx": err, "approx+2ulp": err}}``, each error the largest
+    ``|out - ref|`` in units of the output dtype's ulp at the reference value. For float16 all
+    three are 0.500-0.501 ulp (the rounding itself); for float32 outputs approximate division
+    doubles the error (3.5 -> 7.7 ulp), hence the exact default there.
+    CPU only (a model of the GPU arithmetic, see ``_silu_mul_f32_model``)."""
+    rng = np.random.default_rng(seed)
+    out_dtype = np.dtype(out_dtype)
+    sets = {"random": (rng.standard_normal(n) * 3, rng.standard_normal(n) * 3),
+            "extreme": (rng.uniform(-87, 87, n), rng.standard_normal(n) * 3)}
+    result = {}
+    for name, (g, u) in sets.items():
+        g32, u32 = g.astype(np.float32), u.astype(np.float32)
+        ref = g32.astype(np.float64) / (1 + np.exp(-g32.astype(np.float64))) * u32
+        step = np.spacing(np.abs(ref).astype(out_dtype)).astype(np.float64)  # output ulp at ref
+        step = np.maximum(step, np.spacing(np.zeros(1, out_dtype)).astype(np.float64))
+        errs = {}
+        for label, approx, ulps in (("exact", False, 0), ("approx", True, 0),
+                                    ("approx+2ulp", True, 2)):
+            y = _silu_mul_f32_model(g32, u32, approx, ulps).astype(out_dtype).astype(np.float64)
+            errs[label] = float(np.max(np.abs(y - ref) / step))
+        result[name] = errs
+    return result
+
+
 # ---------------------------------------------------------------------------------------------
 # Compile cases: the specializations the notebook and the benchmark use
 # ---------------------------------------------------------------------------------------------
@@ -350,6 +477,8 @@ def compile_cases():
         ("row_f32_n128", silu_and_mul_row_kernel, [f32, f32, f32, 128]),
         # the default rule's shapes (choose_tiles), then overrides, dtypes and hints
         ("tiled_f16_2x512", tiled, [f16, f16, f16, 2, 512, False, False, 0, True]),
+        ("tiled_f16_2x512_approx", tiled, [f16, f16, f16, 2, 512, True, False, 0, True]),  # default
+        ("tiled_f16_128x8_tail_approx", tiled, [f16, f16, f16, 128, 8, True, False, 0, True]),
         ("tiled_f16_4x256", tiled, [f16, f16, f16, 4, 256, False, False, 0, True]),
         ("tiled_f16_1x1024", tiled, [f16, f16, f16, 1, 1024, False, False, 0, True]),
         ("tiled_f16_8x128", tiled, [f16, f16, f16, 8, 128, False, False, 0, True]),

@@ -1,6 +1,6 @@
 """GPU benchmark of ``silu_and_mul`` against the memory roofline and a CuPy elementwise kernel.
 
-    python -m moe_tutorial.bench_activation            # sizes table + tile/hint tuning (~3 min)
+    python -m moe_tutorial.bench_activation            # sizes table + tile/hint tuning (< 1 min)
     python -m moe_tutorial.bench_activation --no-hints # sizes table + tile shapes only
     python -m moe_tutorial.bench_activation --sweep    # also a bigger tile sweep at 8192x2048
     python -m moe_tutorial.bench_activation --json results.json
@@ -11,8 +11,11 @@ reference (computed on the GPU) before it is timed; times are GPU times (CUDA ev
 does not count, after warm-up; the median over the repeats is reported. The ceiling is a
 measured device-to-device ``cudaMemcpyAsync`` of a 512 MiB buffer (bytes read + written).
 
-1. Sizes: the default rule (``activation.choose_tiles``), with exact and fast float32 math,
-   against a fused CuPy ``ElementwiseKernel`` and unfused CuPy expressions.
+1. Sizes: the defaults (tiles from ``activation.choose_tiles``; approximate division for these
+   float16 outputs, ``activation.default_approx_div``; the odd tail columns in their own launch
+   when ``I % 16 != 0``, ``activation.split_columns``), then the same with exact division, with
+   approximate division and FTZ, and -- where the tail is split -- without the split; against a
+   fused CuPy ``ElementwiseKernel`` and unfused CuPy expressions.
 2. Tuning, for the shapes in ``TUNING``: first tile shapes of 512, 1024 and 2048 elements, then,
    on the fastest tile shape of that shape, compiler hints one at a time: ``ct.kernel`` options
    ``occupancy`` and ``num_ctas`` (through ``kernel.replace_hints``) and the ``latency`` and
@@ -59,7 +62,8 @@ HINTS_SHORT = ([{"occupancy": n} for n in (2, 4, 8)] + [{"num_ctas": 2}, {"laten
 TUNING = {
     (8192, 2048): (TILES_512 + TILES_1024 + TILES_2048, HINTS_FULL),
     (4099, 5000): ([(1, 1024), (2, 512), (4, 256), (4, 512)], HINTS_SHORT),
-    (12288, 1408): ([(1, 1024), (2, 512), (4, 256), (4, 512)], HINTS_SHORT),
+    # 1408 = 11 * 128: 8x128 tiles divide the row exactly (2x512 leaves a 3/4-full last tile)
+    (12288, 1408): ([(1, 1024), (2, 512), (4, 256), (4, 512), (8, 128)], HINTS_SHORT),
 }
 
 
@@ -137,8 +141,12 @@ def _our_launch(x, out, tile_m=None, tile_n=None, **options):
     """A prepared launch of the tiled kernel: the checks of ``silu_and_mul`` are done once here,
     the returned function only launches. ``options``: ``approx_div``, ``flush_to_zero`` and the
     hints (``latency``, ``allow_tma``, ``occupancy``, ``num_ctas``)."""
-    _, launch = act.plan_launch(x, out, tile_m=tile_m, tile_n=tile_n, **options)
-    return lambda: device.launch(*launch)
+    _, launches = act.plan_launch(x, out, tile_m=tile_m, tile_n=tile_n, **options)
+
+    def run():
+        for launch in launches:             # two when the odd tail columns are split off
+            device.launch(*launch)
+    return run
 
 
 def hint_label(hints: dict) -> str:
@@ -184,7 +192,9 @@ def measure_size(M: int, I: int, copy_gbs: float, dtype=np.float16, *, include_u
     cp = _cp()
     x = random_input(M, I, dtype)
     nbytes = act.bytes_moved(M, I, dtype)
-    tm, tn = act.choose_tiles(M, I)
+    main = act.split_columns(M, I)
+    tm, tn = act.choose_tiles(M, main)
+    label = f"cuTile {tm}x{tn}" + (f" + {I - main}-col tail" if main != I else "")
     rows = []
 
     def measure(name, make_run, n_inner=10):
@@ -195,9 +205,12 @@ def measure_size(M: int, I: int, copy_gbs: float, dtype=np.float16, *, include_u
         ms = gpu_time_ms(run, n_inner=n_inner) if ok else float("nan")
         rows.append(_row(name, M, I, nbytes, ms, copy_gbs, ok, msg))
 
-    measure(f"cuTile {tm}x{tn}", lambda out: _our_launch(x, out))
-    measure(f"cuTile {tm}x{tn} approx+ftz",
+    measure(label, lambda out: _our_launch(x, out))               # the defaults: first row
+    measure(f"{label} exact div", lambda out: _our_launch(x, out, approx_div=False))
+    measure(f"{label} approx+ftz",
             lambda out: _our_launch(x, out, approx_div=True, flush_to_zero=True))
+    if main != I:
+        measure(f"cuTile {tm}x{tn} no split", lambda out: _our_launch(x, out, split_tail=False))
     measure("CuPy ElementwiseKernel", lambda out: lambda: cupy_silu_and_mul(x, out))
     if include_unfused:
         measure("CuPy expressions (unfused)",
@@ -287,8 +300,8 @@ def summarize(M: int, I: int, tuning_rows, size_rows) -> str:
     """The best variant of one shape against the default rule, CuPy and the 85% target."""
     best = _fastest(tuning_rows)
     same = [r for r in size_rows if (r["M"], r["I"]) == (M, I)]
-    default = next((r for r in same if r["impl"].startswith("cuTile")
-                    and "approx" not in r["impl"]), None)
+    default = next((r for r in same if r["impl"].startswith("cuTile")), None)  # measure_size
+                                                                                # puts it first
     cupy = next((r for r in same if r["impl"] == "CuPy ElementwiseKernel"), None)
     if best is None:
         return f"{M}x{I}: no variant ran correctly"

@@ -375,7 +375,7 @@ SWEEP = {  # module constants of moe_tutorial.routing -> values tried by --sweep
     "ALIGN_TARGET_CHUNKS": (64, 128, 256),       # chunks of 512, 256, 128 replicas at T*K=32k
     "ALIGN_PAIR_ELEMS": (2048, 4096, 8192),
     "ALIGN_COUNT_ELEMS": (4096, 16384),
-    "ALIGN_SCAN_ROWS": (16, 32, 64),
+    "ALIGN_SCAN_ELEMS": (1024, 4096, 16384),
 }
 
 

@@ -18,12 +18,15 @@ id, explicitly, so both backends agree.
 
 1. ``align_count_kernel`` — each block counts, per expert, the ids in its chunk of the flattened
    ``topk_ids`` (one-hot sums; no atomics, so no zero-filled buffer is needed);
-2. ``align_offsets_kernel`` — one block scans the ``chunks x experts`` count table: per-expert
-   totals, padded to multiples of ``TILE_M``, their running sum (where each expert's rows start),
-   and, in place, for every chunk the first row its tokens of each expert go to;
-3. ``align_scatter_kernel`` — each block ranks every replica of its chunk among the earlier
-   replicas of the same expert (comparing it with the whole chunk), writes it at
-   ``base + rank``, and fills its share of the padding rows and of ``expert_ids``.
+2. ``align_offsets_kernel`` — one block per slice of experts scans its columns of the
+   ``chunks x experts`` count table with one cumulative sum down the chunks: in place, for every
+   chunk, the number of replicas of each expert in the chunks before; and the column sums, the
+   tokens per expert;
+3. ``align_scatter_kernel`` — every block turns the tokens per expert (only E numbers) into the
+   experts' padded row ranges (a cumulative sum over experts); then it ranks every replica of its
+   chunk among the earlier replicas of the same expert (comparing it with the whole chunk),
+   writes it at ``expert start + replicas in earlier chunks + rank``, and fills its share of the
+   padding rows and of ``expert_ids``; block 0 writes ``num_tokens_post_padded``.
 
 All three outputs and the scratch table are views of one int32 allocation.
 
@@ -54,11 +57,10 @@ ROUTER_TILE_ELEMS = 4096      # router: a block's (TILE_T, E_PAD) tile holds abo
 # Alignment splits the T*K replicas into chunks, one per block of the count / scatter kernels:
 ALIGN_TARGET_CHUNKS = 256     # about this many chunks (~2 per SM on an H100) ...
 ALIGN_MIN_CHUNK = 128         # ... of at least this many replicas (fewer, cheaper table rows)
-ALIGN_MAX_TABLE = 65536       # chunks x padded experts, scanned by the one-block offsets kernel
+ALIGN_MAX_TABLE = 65536       # chunks x padded experts: the count table
 ALIGN_COUNT_ELEMS = 16384     # count kernel: (rows, E_PAD) one-hot tiles of about this size
 ALIGN_PAIR_ELEMS = 4096       # scatter kernel: (rows, CHUNK) comparison tiles of about this size
-ALIGN_SCAN_ROWS = 64          # offsets kernel: tile of (rows, cols) of the count table
-ALIGN_SCAN_COLS = 128
+ALIGN_SCAN_ELEMS = 4096       # offsets kernel: a block scans a (chunks, cols) tile this big
 ALIGN_BLOCKS_PER_TILE = 16    # scatter kernel: TILE_M blocks handled by one block for expert_ids
 # Debugging aid (the tests turn it on): fill every output and scratch buffer with NaN / a
 # sentinel before the kernels run, so an element no kernel writes cannot look right by chance.
@@ -216,11 +218,10 @@ def grouped_topk_kernel(logits, bias, weights, ids, routed_scaling_factor: float
 # --------------------------------------------------------------------------------------------
 # Alignment: three kernels
 # --------------------------------------------------------------------------------------------
-# Scratch: one int32 table of shape (num_chunks + 3, E). Rows [0, num_chunks) hold the count
-# kernel's per-chunk counts, which the offsets kernel turns (in place) into per-chunk base rows;
-# the last three rows hold, per expert, its first row, the end of its tokens, the end of its
-# padded rows.
-EXPERT_START, TOKEN_END, EXPERT_END = 0, 1, 2
+# Scratch: one int32 table of shape (num_chunks + 1, E). Rows [0, num_chunks) hold the count
+# kernel's per-chunk counts, which the offsets kernel turns (in place) into per-chunk base rows
+# relative to the expert's first row; the last row holds the tokens per expert.
+TOKENS = 0      # row num_chunks + TOKENS of the table
 
 
 def _local_expert_ids(flat_ids, expert_map, start, num_experts, HAS_MAP, N):
@@ -250,73 +251,69 @@ def align_count_kernel(flat_ids, expert_map, table, num_experts: int,
 
 
 @ct.kernel
-def align_offsets_kernel(table, num_tokens_post_padded, num_chunks: int, num_experts: int,
-                         TILE_M: ConstInt, ROWS: ConstInt, COLS: ConstInt):
-    """One block. Per expert: padded rows [start, end), tokens in [start, token_end). Then, in
-    place, table[c, e] = row of the first replica of chunk c routed to e."""
-    zero = ct.PaddingMode.ZERO
-    counts = table.slice(0, 0, num_chunks)
-    per_expert = table.slice(0, num_chunks, num_chunks + 3)
-    row_tiles = ct.cdiv(num_chunks, ROWS)
-    carry = ct.zeros((1, 1), dtype=ct.int32)           # rows used by the experts before
-    for col in range(ct.cdiv(num_experts, COLS)):
-        tokens = ct.zeros((1, COLS), dtype=ct.int32)
-        for row in range(row_tiles):
-            tile = ct.load(counts, (row, col), shape=(ROWS, COLS), padding_mode=zero)
-            tokens = tokens + ct.sum(tile, axis=0, keepdims=True)
-        padded = ct.cdiv(tokens, TILE_M) * TILE_M
-        end = ct.cumsum(padded, axis=1) + carry
-        start = end - padded
-        ct.store(per_expert, (EXPERT_START, col), start)
-        ct.store(per_expert, (TOKEN_END, col), start + tokens)
-        ct.store(per_expert, (EXPERT_END, col), end)
-        carry = carry + ct.sum(padded, axis=1, keepdims=True)
-        # Exclusive running sum over chunks: where each chunk's replicas of expert e begin.
-        # Each tile is read, then overwritten by the same block (the store needs the load).
-        base = start
-        for row in range(row_tiles):
-            tile = ct.load(counts, (row, col), shape=(ROWS, COLS), padding_mode=zero)
-            ct.store(counts, (row, col), base + ct.cumsum(tile, axis=0) - tile)
-            base = base + ct.sum(tile, axis=0, keepdims=True)
-    ct.store(num_tokens_post_padded, (0,), ct.reshape(carry, (1,)))
+def align_offsets_kernel(table, num_chunks: int, ROWS: ConstInt, COLS: ConstInt):
+    """Block b owns experts b*COLS .. b*COLS+COLS-1 (ROWS >= num_chunks): one cumulative sum
+    down their columns replaces, in place, table[c, e] by the number of replicas of e in chunks
+    before c; their column sums (tokens per expert) go to row num_chunks."""
+    col = ct.bid(0)
+    counts = table.slice(0, 0, num_chunks)                 # rows past num_chunks load as 0
+    tile = ct.load(counts, (0, col), shape=(ROWS, COLS), padding_mode=ct.PaddingMode.ZERO)
+    ct.store(counts, (0, col), ct.cumsum(tile, axis=0) - tile)   # same block: load, then store
+    ct.store(table, (num_chunks + TOKENS, col), ct.sum(tile, axis=0, keepdims=True))
+
+
+def _expert_ranges(table, num_chunks, num_experts, TILE_M, E_PAD):
+    """From the tokens per expert: each expert's first padded row, the end of its tokens, the
+    end of its padded rows ((E_PAD,) tiles; experts past E own no rows) and the total."""
+    experts = ct.arange(E_PAD, dtype=ct.int32)
+    tokens = ct.gather(table, (num_chunks + TOKENS, experts), mask=experts < num_experts,
+                       padding_value=0)
+    padded = ct.cdiv(tokens, TILE_M) * TILE_M
+    end = ct.cumsum(padded, axis=0)
+    start = end - padded
+    return start, start + tokens, end, ct.sum(padded, axis=0, keepdims=True)
 
 
 @ct.kernel
-def align_scatter_kernel(flat_ids, expert_map, table, num_tokens_post_padded,
-                         sorted_token_ids, expert_ids,
+def align_scatter_kernel(flat_ids, expert_map, table,
+                         sorted_token_ids, expert_ids, num_tokens_post_padded,
                          num_replicas: int, num_chunks: int, num_experts: int,
                          HAS_MAP: ConstBool, CHUNK: ConstInt, SUB: ConstInt,
-                         TILE_M: ConstInt, BLOCKS: ConstInt, COLS: ConstInt):
-    """Block b: place the replicas of chunk b; then, for TILE_M blocks b*BLOCKS ..
-    (b+1)*BLOCKS-1, write their owning expert (-1 past the end) and the sentinel padding."""
+                         TILE_M: ConstInt, BLOCKS: ConstInt, E_PAD: ConstInt):
+    """Every block first derives the experts' padded row ranges from the tokens per expert
+    (only E numbers: cheaper to recompute than to launch for). Block b then places the
+    replicas of chunk b; and, for TILE_M blocks b*BLOCKS .. (b+1)*BLOCKS-1, writes their owning
+    expert (-1 past the end) and the sentinel padding. Block 0 writes num_tokens_post_padded."""
     b = ct.bid(0)
+    start, token_end, end, total = _expert_ranges(table, num_chunks, num_experts, TILE_M, E_PAD)
+    experts = ct.arange(E_PAD, dtype=ct.int32)
+    if b == 0:
+        ct.store(num_tokens_post_padded, (0,), total)
     if b < num_chunks:
         local = _local_expert_ids(flat_ids, expert_map, b * CHUNK, num_experts, HAS_MAP, CHUNK)
-        base = ct.gather(table, (b, local), mask=local >= 0)     # row of the chunk's first
-        pos = ct.arange(CHUNK, dtype=ct.int32)                   # replica of each one's expert
+        before = ct.gather(table, (b, local), mask=local >= 0)   # replicas of each one's expert
+        pos = ct.arange(CHUNK, dtype=ct.int32)                   # in the chunks before
         for s in range(CHUNK // SUB):                            # SUB replicas at a time
             mine = ct.extract(local, (s,), shape=(SUB,))
             me = s * SUB + ct.arange(SUB, dtype=ct.int32)
+            # The expert's first row, picked from the (E_PAD,) tile by a one-hot row.
+            first = ct.sum(ct.where(mine[:, None] == experts[None, :], start[None, :], 0),
+                           axis=1)
             # Rank = earlier replicas of the same expert in the chunk: compare with all of them.
             earlier = (local[None, :] == mine[:, None]) & (pos[None, :] < me[:, None])
-            row = ct.extract(base, (s,), shape=(SUB,)) + ct.sum(earlier.astype(ct.int32), axis=1)
+            row = first + ct.extract(before, (s,), shape=(SUB,)) + \
+                ct.sum(earlier.astype(ct.int32), axis=1)
             ct.scatter(sorted_token_ids, row, b * CHUNK + me, mask=mine >= 0)
 
     # Owner of TILE_M block j = number of experts whose padded rows end at or before j*TILE_M.
     blocks = b * BLOCKS + ct.arange(BLOCKS, dtype=ct.int32)                 # (BLOCKS,)
     block_row = blocks * TILE_M
-    owner = ct.zeros((BLOCKS,), dtype=ct.int32)
-    for col in range(ct.cdiv(num_experts, COLS)):
-        experts = col * COLS + ct.arange(COLS, dtype=ct.int32)
-        ends = ct.gather(table, (num_chunks + EXPERT_END, experts), mask=experts < num_experts,
-                         padding_value=INT32_MAX)
-        owner = owner + ct.sum((ends[None, :] <= block_row[:, None]).astype(ct.int32), axis=1)
-    total = ct.load(num_tokens_post_padded, (0,), shape=())
+    owner = ct.sum((end[None, :] <= block_row[:, None]).astype(ct.int32), axis=1)
     owner = ct.where(block_row < total, owner, -1)
     ct.scatter(expert_ids, blocks, owner, mask=blocks < expert_ids.shape[0])
     # Rows of a block at or past its expert's last token (or of no expert) hold the sentinel.
-    fill_from = ct.gather(table, (num_chunks + TOKEN_END, owner), mask=owner >= 0,
-                          padding_value=0)
+    fill_from = ct.sum(ct.where(owner[:, None] == experts[None, :], token_end[None, :], 0),
+                       axis=1)
     rows = block_row[:, None] + ct.arange(TILE_M, dtype=ct.int32)[None, :]  # (BLOCKS, TILE_M)
     ct.scatter(sorted_token_ids, rows, num_replicas,
                mask=(rows >= fill_from[:, None]) & (rows < sorted_token_ids.shape[0]))
@@ -487,6 +484,9 @@ class AlignLayout(NamedTuple):
     e_pad: int
     num_chunks: int
     grid: int             # blocks of the scatter kernel
+    scan_rows: int        # offsets kernel: its (scan_rows, scan_cols) tile, scan_rows >= chunks
+    scan_cols: int
+    scan_grid: int        # blocks of the offsets kernel: E / scan_cols
     offsets: tuple        # workspace offsets: expert_ids, num_tokens_post_padded, table, end
 
 
@@ -495,12 +495,13 @@ _WORKSPACE_ALIGN = 64     # int32 elements (256 bytes) between the workspace's p
 
 def _align_knobs():
     return (ALIGN_TARGET_CHUNKS, ALIGN_MIN_CHUNK, ALIGN_COUNT_ELEMS, ALIGN_PAIR_ELEMS,
-            ALIGN_MAX_TABLE, ALIGN_BLOCKS_PER_TILE)
+            ALIGN_MAX_TABLE, ALIGN_BLOCKS_PER_TILE, ALIGN_SCAN_ELEMS)
 
 
 @functools.lru_cache(maxsize=256)
 def _align_layout(num_replicas: int, num_experts: int, tile_m: int, knobs) -> AlignLayout:
-    target_chunks, min_chunk, count_elems, pair_elems, max_table, blocks_per_tile = knobs
+    target_chunks, min_chunk, count_elems, pair_elems, max_table, blocks_per_tile, \
+        scan_elems = knobs
     if num_experts < 1:
         raise ValueError(f"num_experts must be >= 1, got {num_experts}")
     if tile_m < 1 or tile_m & (tile_m - 1) or tile_m > 1024:
@@ -512,6 +513,8 @@ def _align_layout(num_replicas: int, num_experts: int, tile_m: int, knobs) -> Al
     size = max_padded_size(num_replicas, num_experts, tile_m)
     num_blocks = size // tile_m
     grid = max(num_chunks, -(-num_blocks // blocks_per_tile))
+    scan_rows = next_power_of_2(num_chunks)
+    scan_cols = min(e_pad, max(1, scan_elems // scan_rows))
     # Indices the kernels compute: rows < size, replicas < num_chunks*chunk, TILE_M-block rows.
     if size > INT32_MAX or max(grid * blocks_per_tile * tile_m, num_chunks * chunk) > 2**31:
         raise ValueError(f"topk_ids has {num_replicas} replicas: the padded length {size} "
@@ -520,11 +523,12 @@ def _align_layout(num_replicas: int, num_experts: int, tile_m: int, knobs) -> Al
     o_expert_ids = up(size)
     o_total = o_expert_ids + up(num_blocks)
     o_table = o_total + _WORKSPACE_ALIGN
-    end = o_table + (num_chunks + 3) * num_experts
+    end = o_table + (num_chunks + 1) * num_experts
     return AlignLayout(num_replicas, size, num_blocks, chunk,
                        min(chunk, max(1, count_elems // e_pad)),
                        min(chunk, max(1, pair_elems // chunk)),
-                       e_pad, num_chunks, grid, (o_expert_ids, o_total, o_table, end))
+                       e_pad, num_chunks, grid, scan_rows, scan_cols,
+                       -(-num_experts // scan_cols), (o_expert_ids, o_total, o_table, end))
 
 
 def _check_align_args(topk_ids, num_experts, tile_m, expert_map) -> AlignLayout:
@@ -601,19 +605,18 @@ def align_launches(topk_ids, num_experts, tile_m, *, expert_map=None, validate=T
     sorted_token_ids = workspace[:layout.size]
     expert_ids = workspace[o_expert_ids:o_expert_ids + layout.num_blocks]
     num_tokens_post_padded = workspace[o_total:o_total + 1]
-    table = workspace[o_table:end].reshape(layout.num_chunks + 3, num_experts)
+    table = workspace[o_table:end].reshape(layout.num_chunks + 1, num_experts)
 
     c, n_chunks = layout.chunk, layout.num_chunks
     launches = [
         ("count", (n_chunks,), align_count_kernel,
          (flat_ids, emap, table, num_experts, has_map, c, layout.count_sub, layout.e_pad)),
-        ("offsets", (1,), align_offsets_kernel,
-         (table, num_tokens_post_padded, n_chunks, num_experts, tile_m, ALIGN_SCAN_ROWS,
-          ALIGN_SCAN_COLS)),
+        ("offsets", (layout.scan_grid,), align_offsets_kernel,
+         (table, n_chunks, layout.scan_rows, layout.scan_cols)),
         ("scatter", (layout.grid,), align_scatter_kernel,
-         (flat_ids, emap, table, num_tokens_post_padded, sorted_token_ids, expert_ids,
+         (flat_ids, emap, table, sorted_token_ids, expert_ids, num_tokens_post_padded,
           layout.num_replicas, n_chunks, num_experts, has_map, c, layout.pair_sub, tile_m,
-          ALIGN_BLOCKS_PER_TILE, ALIGN_SCAN_COLS)),
+          ALIGN_BLOCKS_PER_TILE, layout.e_pad)),
     ]
     return (sorted_token_ids, expert_ids, num_tokens_post_padded), launches
 
@@ -757,10 +760,9 @@ def compile_cases():
                       [a(i32, 1), a(i32, 1), a(i32, 2), s(i32), has_map, lay.chunk,
                        lay.count_sub, lay.e_pad]))
         cases.append((f"align_offsets_{tag}", align_offsets_kernel,
-                      [a(i32, 2), a(i32, 1), s(i32), s(i32), tile_m, ALIGN_SCAN_ROWS,
-                       ALIGN_SCAN_COLS]))
+                      [a(i32, 2), s(i32), lay.scan_rows, lay.scan_cols]))
         cases.append((f"align_scatter_{tag}", align_scatter_kernel,
                       [a(i32, 1), a(i32, 1), a(i32, 2), a(i32, 1), a(i32, 1), a(i32, 1),
                        s(i32), s(i32), s(i32), has_map, lay.chunk, lay.pair_sub, tile_m,
-                       ALIGN_BLOCKS_PER_TILE, ALIGN_SCAN_COLS]))
+                       ALIGN_BLOCKS_PER_TILE, lay.e_pad]))
     return cases

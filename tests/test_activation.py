@@ -143,12 +143,79 @@ def test_hinted_kernel_is_cached_and_carries_the_hints():
 
 def test_plan_launch_matches_the_rule(xp):
     x = xp.zeros((37, 2 * 1408), dtype=np.float16)
-    out, (grid, kernel, args) = act.plan_launch(x, latency=7, allow_tma=False, occupancy=8)
+    out, launches = act.plan_launch(x, latency=7, allow_tma=False, occupancy=8)
     assert out.shape == (37, 1408)
+    [(grid, kernel, args)] = launches                    # 1408 % 16 == 0: one launch
     assert grid == (-(-37 // 2), 3, 1)                   # 2 x 512 tiles (choose_tiles)
-    assert args[3:] == (2, 512, False, False, 7, False)
+    # float16 output: approximate division by default (default_approx_div)
+    assert args[3:] == (2, 512, True, False, 7, False)
     assert kernel is act.hinted_kernel(8, None)
-    assert act.plan_launch(xp.zeros((0, 8), dtype=np.float16))[1] is None
+    assert act.plan_launch(xp.zeros((0, 8), dtype=np.float16))[1] == []
+
+
+@pytest.mark.parametrize("in_dtype, out_dtype, want", [
+    (np.float16, np.float16, True), (np.float32, np.float32, False),
+    (np.float32, np.float16, True), (np.float16, np.float32, False)])
+def test_default_division_follows_the_output_dtype(xp, in_dtype, out_dtype, want):
+    x = xp.zeros((3, 40), dtype=in_dtype)
+    out = xp.zeros((3, 20), dtype=out_dtype)
+    [(_, _, args)] = act.plan_launch(x, out)[1]
+    assert args[5] is want
+    for forced in (True, False):
+        [(_, _, args)] = act.plan_launch(x, out, approx_div=forced)[1]
+        assert args[5] is forced
+    with pytest.raises(TypeError, match="approx_div"):
+        act.plan_launch(x, out, approx_div=1)
+
+
+def test_large_rows_not_divisible_by_16_split_off_the_tail(xp):
+    M, I = 1024, 5000                                    # M * I >= SPLIT_MIN_ELEMS, I % 16 == 8
+    x = xp.zeros((M, 2 * I), dtype=np.float16)
+    out, launches = act.plan_launch(x)
+    (grid, _, args), (tail_grid, _, tail_args) = launches
+    assert args[0].shape == args[1].shape == args[2].shape == (M, 4992)
+    assert tail_args[0].shape == tail_args[2].shape == (M, 8)
+    assert grid == (M // 2, -(-4992 // 512), 1) and tail_args[3:5] == act.choose_tiles(M, 8)
+    assert len(act.plan_launch(x, split_tail=False)[1]) == 1
+    assert len(act.plan_launch(xp.zeros((16, 2 * I), dtype=np.float16))[1]) == 1   # small
+    with pytest.raises(TypeError, match="split_tail"):
+        act.plan_launch(x, split_tail="yes")
+    # I = 4100: the up half starts 8200 bytes into a row, not 16-byte aligned: no split by default
+    x_odd = xp.zeros((M, 2 * 4100), dtype=np.float16)
+    assert len(act.plan_launch(x_odd)[1]) == 1
+    assert len(act.plan_launch(x_odd, split_tail=True)[1]) == 2
+
+
+@given(M=st.integers(0, 10**6), I=st.integers(0, 10**5))
+def test_split_columns_rule(M, I):
+    main = act.split_columns(M, I)
+    want_split = I % 16 != 0 and I > 16 and M * I >= act.SPLIT_MIN_ELEMS
+    assert main == (I - I % 16 if want_split else I)
+    assert act.split_columns(M, I, False) == I
+    assert act.split_columns(M, I, True) == (I - I % 16 if I > 16 else I)
+
+
+@HYPOTHESIS
+@given(M=st.integers(1, 40), I=st.integers(17, 300), tile_n=st.sampled_from([None, 32, 128]))
+def test_forced_split_matches_reference(xp, M, I, tile_n):
+    rng = np.random.default_rng(M * 1000 + I)
+    x = random_x(xp, rng, M, I, np.float16)
+    out = poisoned(xp, (M, I), np.float16)
+    act.silu_and_mul(x, out, split_tail=True, tile_n=tile_n)
+    assert_matches_reference(out, x)
+
+
+def test_approximate_division_is_invisible_in_float16():
+    """The measured reason for the default (``default_approx_div``): with float16 outputs the
+    largest error against float64 is the output rounding (~0.5 ulp) with either division, even
+    at the division's worst case; with float32 outputs approximate division shows."""
+    f16 = act.division_error_study(np.float16, n=1 << 16)
+    for errs in f16.values():
+        assert errs["exact"] <= 0.5 + 1e-3
+        assert errs["approx"] <= errs["exact"] + 1e-3
+        assert errs["approx+2ulp"] <= errs["exact"] + 1e-3
+    f32 = act.division_error_study(np.float32, n=1 << 16)["random"]
+    assert f32["approx+2ulp"] > f32["exact"] + 1.0          # visible in float32 ulps
 
 
 # ---------------------------------------------------------------------------------------------

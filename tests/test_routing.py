@@ -416,14 +416,13 @@ def test_align_hand_example(xp):
 
 def test_align_many_chunks_and_expert_slices(xp, rng, monkeypatch):
     """Shrink the kernels' tiles so small inputs exercise every loop: many chunks, several
-    one-hot and comparison tiles per chunk, several row and column tiles in the offsets
-    kernel, several expert slices."""
+    one-hot and comparison tiles per chunk, several blocks (expert slices) in the
+    offsets kernel."""
     monkeypatch.setattr(routing, "ALIGN_TARGET_CHUNKS", 64)
     monkeypatch.setattr(routing, "ALIGN_MIN_CHUNK", 4)
     monkeypatch.setattr(routing, "ALIGN_COUNT_ELEMS", 64)     # one-hot tiles of 2 rows
     monkeypatch.setattr(routing, "ALIGN_PAIR_ELEMS", 8)       # comparison tiles of 2 rows
-    monkeypatch.setattr(routing, "ALIGN_SCAN_ROWS", 4)
-    monkeypatch.setattr(routing, "ALIGN_SCAN_COLS", 8)
+    monkeypatch.setattr(routing, "ALIGN_SCAN_ELEMS", 64)      # offsets: several expert slices
     monkeypatch.setattr(routing, "ALIGN_BLOCKS_PER_TILE", 2)
     for e, kind in ((21, "skewed"), (21, "uniform"), (3, "one_expert")):
         topk_ids = _routing_ids(rng, 50, 4, e, kind).astype(np.int32)
