@@ -103,11 +103,15 @@ def launch(grid, kernel, args) -> None:
     cp = _cupy()
     gpu_type = cp.ndarray if cp is not None else ()
     n_gpu = n_cpu = 0
-    for a in args:
+    pending = list(args)
+    while pending:  # arrays nested in tuples/lists count too
+        a = pending.pop()
         if isinstance(a, gpu_type):
             n_gpu += 1
         elif isinstance(a, np.ndarray):
             n_cpu += 1
+        elif isinstance(a, (tuple, list)):
+            pending.extend(a)
     if n_gpu and n_cpu:
         raise TypeError("launch: all array arguments must be on the same device "
                         "(all CuPy or all NumPy)")
