@@ -909,7 +909,7 @@ def moe_roofline_floor(fn, *, trials: int = 5) -> bool:
     bytes_per_element, peak_tflops, bandwidth_gbs)`` returns the layer's roofline floor in
     milliseconds: max(FLOPs / peak, bytes / bandwidth), FLOPs = 2*T*K*3*H*I, bytes = (the used
     experts' weights, 3*H*I each, + the input and output activations, 2*T*H) * bytes/elt."""
-    from .bench_layer import layer_cost, roofline_floor_ms
+    from .bench import layer_cost, roofline_floor_ms
     rng = _rng()
     cases = [(64, 2048, 768, 8, 128, 2, 989.0, 3350.0), (4096, 4096, 14336, 2, 8, 2, 989.0,
                                                         3350.0),
@@ -950,3 +950,106 @@ def moe_roofline_floor(fn, *, trials: int = 5) -> bool:
                        hint="flops = 2*T*K*3*H*I; bytes = (used*3*H*I + 2*T*H) * bytes_per_"
                             "element; floor = max(flops / (peak_tflops*1e12), bytes / "
                             "(bandwidth_gbs*1e9)) * 1e3.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 05: performance (the SwiGLU epilogue, intermediate traffic)
+# ---------------------------------------------------------------------------------------------
+
+def moe_swiglu_gemm(kernel, *, tile_m: int = 16, tile_n: int = 16, tile_k: int = 32,
+                    trials: int = 4) -> bool:
+    """Exercise (notebook 05): ``kernel(A, W_gate, W_up, C, TILE_M, TILE_N, TILE_K)`` is a
+    dense GEMM with the SwiGLU epilogue: ``C = silu(A @ W_gate.T) * (A @ W_up.T)`` for ``A``
+    (M, Kd), ``W_gate``/``W_up`` (N, Kd) (the ``nn.Linear`` layout), ``C`` (M, N), float32
+    accumulation; grid ``(cdiv(M, TILE_M), cdiv(N, TILE_N))``; any M, N and Kd."""
+    problem = _kernel_problem(kernel)
+    if problem:
+        return _report("moe_swiglu_gemm", False, problem)
+    xp, rng = _xp(), _rng()
+    cases = [(2 * tile_m, 2 * tile_n, 2 * tile_k), (tile_m + 5, tile_n + 3, tile_k + 7),
+             (3, 5, 9)]
+    while len(cases) < trials:
+        cases.append((int(rng.integers(1, 3 * tile_m)), int(rng.integers(1, 3 * tile_n)),
+                      int(rng.integers(1, 3 * tile_k))))
+    cases = cases[:max(trials, 1)]
+
+    def trial(i):
+        M, N, Kd = cases[i]
+        a = rng.standard_normal((M, Kd)).astype(np.float32)
+        wg = (rng.standard_normal((N, Kd)) / np.sqrt(Kd)).astype(np.float32)
+        wu = (rng.standard_normal((N, Kd)) / np.sqrt(Kd)).astype(np.float32)
+        out = _poisoned(xp, (M, N), np.float32)
+        grid = (-(-M // tile_m), -(-N // tile_n))
+        _, error = _attempt(device.launch, grid, kernel,
+                            (xp.asarray(a), xp.asarray(wg), xp.asarray(wu), out, tile_m, tile_n,
+                             tile_k))
+        if error:
+            return False, error
+        g = a.astype(np.float64) @ wg.T.astype(np.float64)
+        u = a.astype(np.float64) @ wu.T.astype(np.float64)
+        silu = lambda v: v / (1.0 + np.exp(-v))  # noqa: E731
+        want = silu(g) * u
+        ok, message = _compare(out, want, rtol=1e-4, atol=1e-5,
+                               what=f"C (M={M}, N={N}, Kd={Kd})")
+        if not ok:
+            wrong = _matches(out, {
+                "silu(gate) alone (the up product is missing)": silu(g),
+                "the gate product alone (no up product, no silu)": g,
+                "gate * up without the silu": g * u,
+                "silu(up) * gate (gate and up swapped)": silu(u) * g,
+                "silu(gate + up)": silu(g + u)}, rtol=1e-4, atol=1e-5)
+            if wrong:
+                message += f"; the result looks like {wrong}"
+        return ok, message
+
+    return _run_trials("moe_swiglu_gemm", len(cases), trial, what="matrix shapes",
+                       hint="two float32 accumulators; in the k loop load one A tile and the "
+                            "W_gate and W_up tiles of the same columns (order=(1, 0) or "
+                            "ct.transpose gives (TILE_K, TILE_N)), two ct.mma; after the loop "
+                            "store gate / (1 + ct.exp(-gate)) * up.")
+
+
+def moe_intermediate_bytes(fn, *, trials: int = 5) -> bool:
+    """Exercise (notebook 05): ``fn(num_tokens, top_k, intermediate, fused_swiglu,
+    bytes_per_element)`` returns the bytes of the GEMM1 -> GEMM2 intermediate that travel
+    through memory: unfused, GEMM1 writes (T*K, 2I), ``silu_and_mul`` reads it and writes
+    (T*K, I), GEMM2 reads that; fused, GEMM1 writes (T*K, I) and GEMM2 reads it."""
+    from .bench import intermediate_bytes
+    rng = _rng()
+    cases = [(64, 8, 768, False, 2), (64, 8, 768, True, 2), (4096, 2, 14336, False, 2),
+             (1, 1, 1, True, 4)]
+    while len(cases) < trials:
+        cases.append((int(rng.integers(1, 5000)), int(rng.integers(1, 9)),
+                      int(rng.integers(1, 20000)), bool(rng.integers(0, 2)),
+                      int(rng.choice([2, 4]))))
+    cases = cases[:max(trials, 1)]
+
+    def trial(i):
+        T, K, I, fused, b = cases[i]
+        got, error = _attempt(fn, T, K, I, fused, b)
+        if error:
+            return False, error
+        want = intermediate_bytes(T, K, I, fused_swiglu=fused, bytes_per_element=b)
+        try:
+            got = int(got)
+        except (TypeError, ValueError):
+            return False, f"returned {got!r}, expected a number of bytes"
+        if got == want:
+            return True, ""
+        rows = T * K
+        where = f"T={T}, K={K}, I={I}, fused_swiglu={fused}, {b} bytes per element"
+        known = {"only the writes (or only the reads): each byte is written once and read "
+                 "once": want // 2,
+                 "elements instead of bytes": want // b,
+                 "T*I rows instead of T*K (the replicas)": want // K}
+        if not fused:
+            known["GEMM1's write and GEMM2's read, without silu_and_mul's"] = \
+                (rows * 2 * I + rows * I) * b
+        why = next((n for n, v in known.items() if got == v), None)
+        return False, f"{where}: got {got}, expected {want}" + (f" — that is {why}" if why
+                                                                  else "")
+
+    return _run_trials("moe_intermediate_bytes", len(cases), trial, what="layer shapes",
+                       hint="rows = T*K; unfused: write 2I + read 2I (silu_and_mul) + write I + "
+                            "read I (GEMM2) per row; fused: write I + read I; times "
+                            "bytes_per_element.")

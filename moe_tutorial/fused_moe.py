@@ -30,15 +30,25 @@ Index arithmetic cannot overflow int32 (the vLLM/SGLang ``stride * token > 2**31
   ~1700 fewer SASS instructions);
 - every value that stays in int32 is bounded by an array extent that ``ct.launch`` itself
   refuses above 2**31 - 1 (T*K replicas, H, 2I).
+
+Notebook 05 adds the performance variants: ``fused_moe_swiglu_kernel`` (GEMM1 with the SwiGLU
+epilogue: the gate and up tiles of the same columns in two accumulators, ``silu(gate) * up``
+written directly -- GEMM1 writes (T*K, I) values instead of (T*K, 2I), nothing reads them back
+for a separate activation launch, and the intermediate moves a third of the bytes), and the
+kernel-level compiler hints of ``TileConfig`` (``occupancy``, ``num_ctas``) plus a ``latency``
+hint on the weight loads, which ``moe_tutorial.tuning`` autotunes per GPU.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 
 import cuda.tile as ct
 import numpy as np
 
 from . import device
+from .activation import silu_mul_f32
 from .compile import array, scalar
 
 ConstInt = ct.Constant[int]
@@ -59,14 +69,15 @@ def swizzle_2d(bid, num_m, num_n, GROUP_SIZE_M):
 
 
 def fused_moe_tile(A, W, C, topk_weights, sorted_token_ids, expert_ids, ROW_DIV,
-                   MUL_ROUTED_WEIGHT, TILE_M, TILE_N, TILE_K, GROUP_SIZE_M, TRANSPOSE_B):
+                   MUL_ROUTED_WEIGHT, TILE_M, TILE_N, TILE_K, GROUP_SIZE_M, TRANSPOSE_B, LATENCY):
     """The work of one block of ``fused_moe_kernel``: C[r] = A[r // ROW_DIV] @ W[e].T
     (x topk_weights[r]) for the replicas r of this block's m-block, one n-tile.
 
     A (rows, Kd), W (E, N, Kd), C (T*K, N), topk_weights (T*K,) float32,
     sorted_token_ids (num_m * TILE_M,) int32, expert_ids (num_m,) int32. TRANSPOSE_B=True loads
     W's tile as stored and transposes it in the loop instead -- kept only to measure the two
-    against each other."""
+    against each other. LATENCY (1-10, 0 = let the compiler choose) is a hint on the weight
+    loads: how much DRAM traffic to expect, i.e. how deep to prefetch."""
     num_m = expert_ids.shape[0]
     num_n = ct.cdiv(W.shape[1], TILE_N)
     pid_m, pid_n = swizzle_2d(ct.bid(0), num_m, num_n, GROUP_SIZE_M)
@@ -80,6 +91,7 @@ def fused_moe_tile(A, W, C, topk_weights, sorted_token_ids, expert_ids, ROW_DIV,
         valid = replicas < C.shape[0]                 # sentinel T*K marks padding slots
         a_rows = replicas // ROW_DIV
         k_cols = ct.arange(TILE_K, dtype=ct.int32)
+        lat = LATENCY if LATENCY > 0 else None
 
         acc = ct.full((TILE_M, TILE_N), 0.0, dtype=ct.float32)
         for kt in range(ct.cdiv(A.shape[1], TILE_K)):
@@ -92,13 +104,13 @@ def fused_moe_tile(A, W, C, topk_weights, sorted_token_ids, expert_ids, ROW_DIV,
             if TRANSPOSE_B:
                 # (for measurement) load W's (TILE_N, TILE_K) tile as stored, transpose it
                 b = ct.load(W, (expert, pid_n, kt), shape=(1, TILE_N, TILE_K),
-                            padding_mode=ct.PaddingMode.ZERO)
+                            padding_mode=ct.PaddingMode.ZERO, latency=lat)
                 b = ct.transpose(b.reshape((TILE_N, TILE_K)))
             else:
                 # W[e, n, k] arrives as b[k, n]: order=(0, 2, 1) swaps the last two axes of
                 # the tile space, so the tile is already (TILE_K, TILE_N) for the MMA
                 b = ct.load(W, (expert, kt, pid_n), shape=(1, TILE_K, TILE_N),
-                            order=(0, 2, 1), padding_mode=ct.PaddingMode.ZERO)
+                            order=(0, 2, 1), padding_mode=ct.PaddingMode.ZERO, latency=lat)
                 b = b.reshape((TILE_K, TILE_N))
             acc = ct.mma(a, b, acc)
 
@@ -115,22 +127,96 @@ def fused_moe_tile(A, W, C, topk_weights, sorted_token_ids, expert_ids, ROW_DIV,
 def fused_moe_kernel(A, W, C, topk_weights, sorted_token_ids, expert_ids,
                      ROW_DIV: ConstInt, MUL_ROUTED_WEIGHT: ConstBool,
                      TILE_M: ConstInt, TILE_N: ConstInt, TILE_K: ConstInt,
-                     GROUP_SIZE_M: ConstInt, TRANSPOSE_B: ConstBool):
+                     GROUP_SIZE_M: ConstInt, TRANSPOSE_B: ConstBool, LATENCY: ConstInt):
     """The fused MoE GEMM (see ``fused_moe_tile``); 1-D grid of num_m * cdiv(N, TILE_N)
     blocks. W indexed with int32: for weights of fewer than 2**31 elements."""
     fused_moe_tile(A, W, C, topk_weights, sorted_token_ids, expert_ids, ROW_DIV,
-                   MUL_ROUTED_WEIGHT, TILE_M, TILE_N, TILE_K, GROUP_SIZE_M, TRANSPOSE_B)
+                   MUL_ROUTED_WEIGHT, TILE_M, TILE_N, TILE_K, GROUP_SIZE_M, TRANSPOSE_B, LATENCY)
 
 
 @ct.kernel
 def fused_moe_kernel_int64(A, W: ct.IndexedWithInt64, C, topk_weights, sorted_token_ids,
                            expert_ids, ROW_DIV: ConstInt, MUL_ROUTED_WEIGHT: ConstBool,
                            TILE_M: ConstInt, TILE_N: ConstInt, TILE_K: ConstInt,
-                           GROUP_SIZE_M: ConstInt, TRANSPOSE_B: ConstBool):
+                           GROUP_SIZE_M: ConstInt, TRANSPOSE_B: ConstBool, LATENCY: ConstInt):
     """The same kernel with W's addresses computed in 64 bits, for weights of 2**31 elements
     or more (DeepSeek-V3: ``expert * stride`` reaches 7.5e9)."""
     fused_moe_tile(A, W, C, topk_weights, sorted_token_ids, expert_ids, ROW_DIV,
-                   MUL_ROUTED_WEIGHT, TILE_M, TILE_N, TILE_K, GROUP_SIZE_M, TRANSPOSE_B)
+                   MUL_ROUTED_WEIGHT, TILE_M, TILE_N, TILE_K, GROUP_SIZE_M, TRANSPOSE_B, LATENCY)
+
+
+# ---------------------------------------------------------------------------------------------
+# GEMM1 with the SwiGLU epilogue (notebook 05)
+# ---------------------------------------------------------------------------------------------
+
+def weight_tile(W, expert, kt, pid_n, TILE_N, TILE_K, TRANSPOSE_B, lat):
+    """Expert ``expert``'s ``(TILE_K, TILE_N)`` tile ``(kt, pid_n)`` of ``W (E, N, Kd)``, in
+    the layout ``ct.mma`` wants (``order=(0, 2, 1)``; or load + ``ct.transpose`` when
+    ``TRANSPOSE_B``), zero past the N and Kd edges -- the same load as in ``fused_moe_tile``."""
+    if TRANSPOSE_B:
+        b = ct.load(W, (expert, pid_n, kt), shape=(1, TILE_N, TILE_K),
+                    padding_mode=ct.PaddingMode.ZERO, latency=lat)
+        return ct.transpose(b.reshape((TILE_N, TILE_K)))
+    b = ct.load(W, (expert, kt, pid_n), shape=(1, TILE_K, TILE_N), order=(0, 2, 1),
+                padding_mode=ct.PaddingMode.ZERO, latency=lat)
+    return b.reshape((TILE_K, TILE_N))
+
+
+def fused_moe_swiglu_tile(A, W_gate, W_up, C, sorted_token_ids, expert_ids, ROW_DIV,
+                          TILE_M, TILE_N, TILE_K, GROUP_SIZE_M, TRANSPOSE_B, LATENCY):
+    """One block of GEMM1 with the activation fused in: with ``a = A[r // ROW_DIV]``,
+    ``C[r, cols] = silu(a @ W_gate[e, cols].T) * (a @ W_up[e, cols].T)``.
+
+    ``W_gate`` and ``W_up`` are the two halves of ``w1 (E, 2I, Kd)`` (views, any strides), so
+    the block's gate and up tiles cover the *same* output columns ``cols``: both products share
+    every gathered A tile, live in two float32 accumulators, and meet in the epilogue. C is
+    ``(T*K, I)`` -- the activation itself; the ``(T*K, 2I)`` gate|up intermediate is never
+    written, and no separate ``silu_and_mul`` launch reads it back."""
+    num_m = expert_ids.shape[0]
+    num_n = ct.cdiv(W_gate.shape[1], TILE_N)
+    pid_m, pid_n = swizzle_2d(ct.bid(0), num_m, num_n, GROUP_SIZE_M)
+    expert = ct.load(expert_ids, (pid_m,), shape=())
+    if (expert >= 0) & (expert < W_gate.shape[0]):
+        replicas = ct.load(sorted_token_ids, (pid_m,), shape=(TILE_M,))
+        valid = replicas < C.shape[0]
+        a_rows = replicas // ROW_DIV
+        k_cols = ct.arange(TILE_K, dtype=ct.int32)
+        lat = LATENCY if LATENCY > 0 else None
+        gate = ct.full((TILE_M, TILE_N), 0.0, dtype=ct.float32)
+        up = ct.full((TILE_M, TILE_N), 0.0, dtype=ct.float32)
+        for kt in range(ct.cdiv(A.shape[1], TILE_K)):
+            k_idx = kt * TILE_K + k_cols
+            a = ct.gather(A, (a_rows[:, None], k_idx[None, :]),
+                          mask=valid[:, None] & (k_idx < A.shape[1])[None, :], padding_value=0)
+            gate = ct.mma(a, weight_tile(W_gate, expert, kt, pid_n, TILE_N, TILE_K,
+                                         TRANSPOSE_B, lat), gate)
+            up = ct.mma(a, weight_tile(W_up, expert, kt, pid_n, TILE_N, TILE_K,
+                                       TRANSPOSE_B, lat), up)
+        act = silu_mul_f32(gate, up, False, False)      # notebook 02's float32 math
+        n_cols = pid_n * TILE_N + ct.arange(TILE_N, dtype=ct.int32)
+        ct.scatter(C, (replicas[:, None], n_cols[None, :]), act.astype(C.dtype),
+                   mask=valid[:, None])
+
+
+@ct.kernel
+def fused_moe_swiglu_kernel(A, W_gate, W_up, C, sorted_token_ids, expert_ids,
+                            ROW_DIV: ConstInt, TILE_M: ConstInt, TILE_N: ConstInt,
+                            TILE_K: ConstInt, GROUP_SIZE_M: ConstInt, TRANSPOSE_B: ConstBool,
+                            LATENCY: ConstInt):
+    """GEMM1 + SwiGLU (see ``fused_moe_swiglu_tile``); grid num_m * cdiv(I, TILE_N)."""
+    fused_moe_swiglu_tile(A, W_gate, W_up, C, sorted_token_ids, expert_ids, ROW_DIV,
+                          TILE_M, TILE_N, TILE_K, GROUP_SIZE_M, TRANSPOSE_B, LATENCY)
+
+
+@ct.kernel
+def fused_moe_swiglu_kernel_int64(A, W_gate: ct.IndexedWithInt64, W_up: ct.IndexedWithInt64,
+                                  C, sorted_token_ids, expert_ids, ROW_DIV: ConstInt,
+                                  TILE_M: ConstInt, TILE_N: ConstInt, TILE_K: ConstInt,
+                                  GROUP_SIZE_M: ConstInt, TRANSPOSE_B: ConstBool,
+                                  LATENCY: ConstInt):
+    """The same with the weights' addresses in 64 bits (DeepSeek-V3-sized w1)."""
+    fused_moe_swiglu_tile(A, W_gate, W_up, C, sorted_token_ids, expert_ids, ROW_DIV,
+                          TILE_M, TILE_N, TILE_K, GROUP_SIZE_M, TRANSPOSE_B, LATENCY)
 
 
 @ct.kernel
@@ -166,11 +252,20 @@ def moe_sum_kernel(Y, topk_ids, expert_map, out, num_experts,
 
 @dataclass(frozen=True)
 class TileConfig:
+    """How one expert GEMM is cut into tiles, plus compiler hints (which change speed only).
+
+    ``occupancy`` (1-32: blocks per SM the compiler should plan registers for) and ``num_ctas``
+    (1-16, a power of two: blocks per cluster) are ``ct.kernel`` options, ``None`` = the
+    compiler's choice; ``latency`` (1-10, 0 = the compiler's choice) is the DRAM-traffic hint of
+    the weight loads. ``moe_tutorial.tuning`` picks all of them per GPU and shape."""
     tile_m: int = 64
     tile_n: int = 128
     tile_k: int = 64
     group_size_m: int = 8
     transpose_b: bool = False    # True: load W as stored + ct.transpose (for comparison only)
+    occupancy: int | None = None
+    num_ctas: int | None = None
+    latency: int = 0
 
     def __post_init__(self):
         if not isinstance(self.transpose_b, bool):
@@ -181,6 +276,63 @@ class TileConfig:
                 raise ValueError(f"TileConfig.{name} must be a positive int, got {v!r}")
             if name != "group_size_m" and v & (v - 1):
                 raise ValueError(f"TileConfig.{name} must be a power of two, got {v}")
+        for name, low, high in (("occupancy", 1, 32), ("num_ctas", 1, 16), ("latency", 0, 10)):
+            v = getattr(self, name)
+            if v is None and name != "latency":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not low <= v <= high:
+                allowed = "an int" if name == "latency" else "None or an int"
+                raise ValueError(f"TileConfig.{name} must be {allowed} in [{low}, {high}], "
+                                 f"got {v!r}")
+        if self.num_ctas is not None and self.num_ctas & (self.num_ctas - 1):
+            raise ValueError(f"TileConfig.num_ctas must be a power of two, got {self.num_ctas}")
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """Tile configs of the layer's two expert GEMMs. They may differ in everything but
+    ``tile_m``: one alignment (``routing.align(..., tile_m)``) feeds both. ``gemm1`` is the
+    gate+up GEMM -- or, with ``moe_forward(fused_swiglu=True)``, the SwiGLU-fused one."""
+    gemm1: TileConfig
+    gemm2: TileConfig
+
+    def __post_init__(self):
+        for name in ("gemm1", "gemm2"):
+            if not isinstance(getattr(self, name), TileConfig):
+                raise TypeError(f"LayerConfig.{name} must be a TileConfig, got "
+                                f"{type(getattr(self, name)).__name__}")
+        if self.gemm1.tile_m != self.gemm2.tile_m:
+            raise ValueError(f"LayerConfig: gemm1.tile_m={self.gemm1.tile_m} and gemm2.tile_m="
+                             f"{self.gemm2.tile_m} must match (one alignment feeds both GEMMs)")
+
+    @property
+    def tile_m(self) -> int:
+        return self.gemm1.tile_m
+
+    @classmethod
+    def of(cls, config: "TileConfig | LayerConfig") -> "LayerConfig":
+        """A LayerConfig from either kind: a TileConfig is used for both GEMMs."""
+        if isinstance(config, LayerConfig):
+            return config
+        if isinstance(config, TileConfig):
+            return cls(config, config)
+        raise TypeError(f"config must be a fused_moe.TileConfig or LayerConfig, got "
+                        f"{type(config).__name__}")
+
+    def replace(self, **changes) -> "LayerConfig":
+        """The same configs with ``changes`` applied to both GEMMs (e.g. ``transpose_b=True``)."""
+        return LayerConfig(dataclasses.replace(self.gemm1, **changes),
+                           dataclasses.replace(self.gemm2, **changes))
+
+
+@functools.lru_cache(maxsize=None)
+def hinted(kernel, occupancy=None, num_ctas=None):
+    """``kernel`` with the ``ct.kernel`` options ``occupancy``/``num_ctas`` (``None``: the
+    compiler's choice). Cached: ``replace_hints`` makes a new kernel object with its own JIT
+    cache, so each combination must be made once, not per launch."""
+    if occupancy is None and num_ctas is None:
+        return kernel
+    return kernel.replace_hints(occupancy=occupancy, num_ctas=num_ctas)
 
 
 def default_tile_config(num_tokens: int, top_k: int, num_experts: int,
@@ -199,10 +351,17 @@ def default_tile_config(num_tokens: int, top_k: int, num_experts: int,
     Notebook 05 / issue 6 autotunes these per GPU; this rule is the fallback."""
     per_expert = num_tokens * top_k / max(num_experts, 1)
     tile_m = 16 if per_expert <= 16 else 32 if per_expert <= 32 else 64
+    tile_n, tile_k = rule_tiles(tile_m, dtype)
+    return TileConfig(tile_m, tile_n, tile_k, 8)
+
+
+def rule_tiles(tile_m: int, dtype="float16") -> tuple[int, int]:
+    """``(tile_n, tile_k)`` of the default rule for a given ``tile_m`` (see
+    ``default_tile_config``)."""
     tile_n, tile_k = (64, 128) if tile_m < 64 else (128, 64)
     if np.dtype(dtype).itemsize >= 4:
         tile_k //= 2
-    return TileConfig(tile_m, tile_n, tile_k, 8)
+    return tile_n, tile_k
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,8 +409,8 @@ def needs_int64_indexing(shape, strides, config: TileConfig) -> bool:
 
 
 def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_weights=None,
-                     mul_routed_weight: bool = False, out=None, config: TileConfig | None = None,
-                     validate: bool = True):
+                     mul_routed_weight: bool = False, swiglu: bool = False, out=None,
+                     config: TileConfig | None = None, validate: bool = True):
     """One expert GEMM over all experts: ``out[r] = a[r // top_k] @ w[e(r)].T`` for every
     token replica ``r`` listed in ``sorted_token_ids`` (times ``topk_weights[r]`` when
     ``mul_routed_weight``).
@@ -259,6 +418,8 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
     GEMM1 (gate+up): ``a`` = hidden states (T, H), ``w`` = w1 (E, 2I, H), ``top_k=K``.
     GEMM2 (down):    ``a`` = activations (T*K, I), ``w`` = w2 (E, H, I), ``top_k=1``,
     ``mul_routed_weight=True``.
+    ``swiglu=True`` (GEMM1 only): ``out[r] = silu(gate) * up`` of width ``N = w.shape[1] // 2``,
+    with gate = the first half of ``w``'s rows and up = the second (``fused_moe_swiglu_kernel``).
     ``sorted_token_ids``/``expert_ids`` come from ``routing.align`` with ``tile_m ==
     config.tile_m``. ``out`` (a.shape[0] * top_k, N), allocated when None; rows of replicas
     not listed are left untouched. ``validate`` checks the expert ids' range (a host sync on the
@@ -290,9 +451,16 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
         raise ValueError(f"{fn}: sorted_token_ids has {sorted_token_ids.shape[0]} entries but "
                          f"expert_ids has {expert_ids.shape[0]} blocks of tile_m="
                          f"{config.tile_m}; align() must be called with the same tile_m")
+    if swiglu:
+        if mul_routed_weight:
+            raise ValueError(f"{fn}: swiglu=True is GEMM1 (gate+up); the router weight belongs "
+                             f"to GEMM2 (mul_routed_weight=False here)")
+        if w.shape[1] % 2:
+            raise ValueError(f"{fn}: swiglu=True needs w = (E, 2I, Kd) with gate and up halves; "
+                             f"its middle axis is odd ({w.shape[1]})")
     xp = device.array_module(a)
     num_replicas = a.shape[0] * top_k
-    N = w.shape[1]
+    N = w.shape[1] // 2 if swiglu else w.shape[1]
     if out is None:
         out = xp.empty((num_replicas, N), dtype=a.dtype)
     else:
@@ -311,7 +479,7 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
                             f"{topk_weights.dtype}")
         weights = topk_weights.reshape(-1).astype(xp.float32, copy=False)
     else:
-        weights = xp.empty((1,), dtype=xp.float32)   # never read (and no fill kernel)
+        weights = None
     if validate and expert_ids.shape[0]:
         e = device.to_numpy(expert_ids)
         bad = (e < -1) | (e >= w.shape[0])
@@ -321,16 +489,41 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
                              f"{w.shape[0]}) (w holds {w.shape[0]} experts)")
     if num_replicas == 0 or N == 0 or expert_ids.shape[0] == 0:
         return out
-    num_m = expert_ids.shape[0]
-    grid = (num_m * ct.cdiv(N, config.tile_n),)
-    strides = tuple(st // w.itemsize for st in w.strides)
-    kernel = fused_moe_kernel_int64 if needs_int64_indexing(w.shape, strides, config) \
-        else fused_moe_kernel
-    device.launch(grid, kernel,
-                  (a, w, out, weights, sorted_token_ids, expert_ids, int(top_k),
-                   bool(mul_routed_weight), config.tile_m, config.tile_n, config.tile_k,
-                   config.group_size_m, config.transpose_b))
+    grid, kernel, args = gemm_launch(a, w, out, weights, sorted_token_ids, expert_ids,
+                                     top_k=top_k, mul_routed_weight=mul_routed_weight,
+                                     swiglu=swiglu, config=config)
+    device.launch(grid, kernel, args)
     return out
+
+
+def gemm_launch(a, w, out, weights, sorted_token_ids, expert_ids, *, top_k: int,
+                mul_routed_weight: bool, swiglu: bool, config: TileConfig):
+    """``(grid, kernel, args)`` of a ``fused_moe_matmul`` call whose arguments are already
+    checked (``weights``: float32 (T*K,) or None). The wrapper launches it; the tuner
+    (``moe_tutorial.tuning``) times exactly these launches."""
+    cfg = config
+    num_m = expert_ids.shape[0]
+    if swiglu:
+        I = w.shape[1] // 2
+        w_gate, w_up = w[:, :I], w[:, I:]             # views: no copy
+        strides = tuple(st // w.itemsize for st in w_gate.strides)
+        base = fused_moe_swiglu_kernel_int64 \
+            if needs_int64_indexing(w_gate.shape, strides, cfg) else fused_moe_swiglu_kernel
+        args = (a, w_gate, w_up, out, sorted_token_ids, expert_ids, int(top_k), cfg.tile_m,
+                cfg.tile_n, cfg.tile_k, cfg.group_size_m, cfg.transpose_b, cfg.latency)
+        n = I
+    else:
+        strides = tuple(st // w.itemsize for st in w.strides)
+        base = fused_moe_kernel_int64 if needs_int64_indexing(w.shape, strides, cfg) \
+            else fused_moe_kernel
+        if weights is None:
+            xp = device.array_module(a)
+            weights = xp.empty((1,), dtype=xp.float32)        # never read (and no fill kernel)
+        args = (a, w, out, weights, sorted_token_ids, expert_ids, int(top_k),
+                bool(mul_routed_weight), cfg.tile_m, cfg.tile_n, cfg.tile_k, cfg.group_size_m,
+                cfg.transpose_b, cfg.latency)
+        n = w.shape[1]
+    return (num_m * ct.cdiv(n, cfg.tile_n),), hinted(base, cfg.occupancy, cfg.num_ctas), args
 
 
 def moe_sum(y, topk_ids, num_experts: int, *, expert_map=None, out=None,
@@ -399,13 +592,25 @@ def gemm_compile_params(dtype, top_k: int, mul_routed_weight: bool, cfg: TileCon
     w = array(dtype, 3, index_dtype=ct.int64 if int64 else ct.int32)
     return [array(dtype, 2), w, array(dtype, 2),
             array(ct.float32, 1), array(ct.int32, 1), array(ct.int32, 1),
-            top_k, mul, cfg.tile_m, cfg.tile_n, cfg.tile_k, cfg.group_size_m, cfg.transpose_b]
+            top_k, mul, cfg.tile_m, cfg.tile_n, cfg.tile_k, cfg.group_size_m, cfg.transpose_b,
+            cfg.latency]
+
+
+def swiglu_compile_params(dtype, top_k: int, cfg: TileConfig, *, int64: bool = False):
+    """The parameters of ``fused_moe_swiglu_kernel`` (``int64=True``: the ``_int64`` one)."""
+    index = ct.int64 if int64 else ct.int32
+    return [array(dtype, 2), array(dtype, 3, index_dtype=index),
+            array(dtype, 3, index_dtype=index), array(dtype, 2),
+            array(ct.int32, 1), array(ct.int32, 1),
+            top_k, cfg.tile_m, cfg.tile_n, cfg.tile_k, cfg.group_size_m, cfg.transpose_b,
+            cfg.latency]
 
 
 def compile_cases():
     """The specializations the notebooks and moe_forward launch: GEMM1 (gather // K, no weight)
     and GEMM2 (// 1, router weight) with the decode and prefill tile rules in float16, the
-    decode rule in float32, and the top-k sum with and without an expert map."""
+    decode rule in float32, GEMM1 with the SwiGLU epilogue, the hinted variants the tuner
+    tries (latency, occupancy, clusters), and the top-k sum with and without an expert map."""
     cases = []
     for name, dt, phases in (("float16", ct.float16, (("decode", 4), ("prefill", 4096))),
                              ("float32", ct.float32, (("decode", 4),))):
@@ -415,10 +620,20 @@ def compile_cases():
                           gemm_compile_params(dt, 8, False, cfg)))
             cases.append((f"gemm2_{name}_{phase}", fused_moe_kernel,
                           gemm_compile_params(dt, 1, True, cfg)))
-    # DeepSeek-V3-sized weights (> 2**31 elements): the 64-bit-indexed kernel, prefill tiles
+            if name == "float16":
+                cases.append((f"gemm1_swiglu_{name}_{phase}", fused_moe_swiglu_kernel,
+                              swiglu_compile_params(dt, 8, cfg)))
+    # DeepSeek-V3-sized weights (> 2**31 elements): the 64-bit-indexed kernels, prefill tiles
     cfg = default_tile_config(2048, 8, 256)
     cases.append(("gemm1_float16_prefill_int64", fused_moe_kernel_int64,
                   gemm_compile_params(ct.float16, 8, False, cfg, int64=True)))
+    cases.append(("gemm1_swiglu_float16_prefill_int64", fused_moe_swiglu_kernel_int64,
+                  swiglu_compile_params(ct.float16, 8, cfg, int64=True)))
+    # compiler hints as the tuner sets them: a latency hint on the weight loads, occupancy,
+    # two-block clusters
+    hinted_cfg = TileConfig(64, 128, 64, 8, occupancy=2, num_ctas=2, latency=8)
+    cases.append(("gemm2_float16_hinted", hinted(fused_moe_kernel, 2, 2),
+                  gemm_compile_params(ct.float16, 1, True, hinted_cfg)))
     for has_map in (False, True):
         cases.append((f"moe_sum_float16_map{int(has_map)}", moe_sum_kernel,
                       [array(ct.float16, 2), array(ct.int32, 2), array(ct.int32, 1),

@@ -1,4 +1,4 @@
-"""The whole MoE layer (notebook 04): router -> align -> GEMM1 -> SiLU*mul -> GEMM2 -> sum.
+"""The whole MoE layer (notebooks 04-05): router -> align -> GEMM1 -> SiLU*mul -> GEMM2 -> sum.
 
 ``moe_forward`` follows vLLM's ``fused_moe`` argument style. Every step is a kernel launch on the
 device of the inputs (cuTile on the GPU, the emulator on the CPU); nothing is copied to the host
@@ -9,6 +9,14 @@ capturable in a CUDA graph.
 ``plan_layer`` exposes the same pipeline as named steps over preallocated buffers, so a
 benchmark can time each kernel on its own (notebook 04's bar chart); ``moe_forward`` is
 ``plan_layer(...).run()``.
+
+Notebook 05's speed-ups are options of the same layer:
+- tile sizes and compiler hints per GEMM (``fused_moe.LayerConfig``); with ``config=None`` they
+  come from the tuned table of this GPU (``moe_tutorial.tuning``), else the default rule;
+- ``fused_swiglu=True``: GEMM1 writes ``silu(gate) * up`` directly (one launch and the
+  ``(T*K, 2I)`` intermediate fewer);
+- ``capture(...)``: the whole layer recorded once in a CUDA graph over fixed buffers and
+  replayed with one launch (decode batches are launch-bound otherwise).
 
 Two baselines for comparison live here too: ``moe_forward_expert_loop`` (a plain per-expert loop
 with array-library matmuls) and ``moe_forward_host_aligned`` (the cuTile sample's structure:
@@ -21,8 +29,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import activation, device, reference, routing
-from .fused_moe import TileConfig, default_tile_config, fused_moe_matmul, moe_sum
+from . import activation, device, reference, routing, tuning
+from .fused_moe import LayerConfig, TileConfig, default_tile_config, fused_moe_matmul, moe_sum
 
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32")
 
@@ -33,8 +41,9 @@ class LayerPlan:
     (``writes[step name]`` lists the buffers a step produces)."""
     steps: list[tuple[str, Callable[[], None]]]
     buffers: dict = field(default_factory=dict)
-    config: TileConfig | None = None
+    config: LayerConfig | None = None
     writes: dict = field(default_factory=dict)
+    fused_swiglu: bool = False
 
     def run(self):
         for _, step in self.steps:
@@ -147,31 +156,49 @@ def _validate(hidden_states, w1, w2, router_logits, top_k, topk_weights, topk_id
     if len(set(on_gpu.values())) > 1:
         where = ", ".join(f"{n} on {'GPU' if g else 'CPU'}" for n, g in on_gpu.items())
         _fail(TypeError, f"all arrays must be on the same device ({where})")
-    if config is not None and not isinstance(config, TileConfig):
-        _fail(TypeError, f"config must be a fused_moe.TileConfig, got {type(config).__name__}")
+    if config is not None and not isinstance(config, (TileConfig, LayerConfig)):
+        _fail(TypeError, f"config must be a fused_moe.TileConfig or LayerConfig, got "
+                         f"{type(config).__name__}")
     return T, H, E, E_global, I
+
+
+def layer_config(num_tokens: int, hidden: int, num_experts: int, intermediate: int,
+                 top_k: int, dtype, *, config=None, fused_swiglu: bool = False) -> LayerConfig:
+    """The tile configs the layer runs with: ``config`` if given (a TileConfig serves both
+    GEMMs), else this GPU's tuned table entry for the shape (``tuning.lookup``), else the
+    default rule ``fused_moe.default_tile_config`` for both GEMMs."""
+    if config is not None:
+        return LayerConfig.of(config)
+    tuned = tuning.lookup(num_tokens, hidden, num_experts, intermediate, top_k, dtype,
+                          fused_swiglu=fused_swiglu)
+    if tuned is not None:
+        return tuned
+    return LayerConfig.of(default_tile_config(num_tokens, top_k, num_experts, dtype))
 
 
 def plan_layer(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize: bool = True,
                topk_weights=None, topk_ids=None, use_grouped_topk: bool = False, n_group=None,
                topk_group=None, e_score_correction_bias=None, routed_scaling_factor: float = 1.0,
-               expert_map=None, config: TileConfig | None = None,
-               validate: bool = False) -> LayerPlan:
+               expert_map=None, config: TileConfig | LayerConfig | None = None,
+               fused_swiglu: bool = False, validate: bool = False) -> LayerPlan:
     """Validate the arguments, allocate every buffer, and return the layer as named steps.
     Arguments as in :func:`moe_forward`."""
     T, H, E, E_global, I = _validate(hidden_states, w1, w2, router_logits, top_k, topk_weights,
                                      topk_ids, use_grouped_topk, n_group, topk_group,
                                      e_score_correction_bias, expert_map, config)
+    if not isinstance(fused_swiglu, bool):
+        _fail(TypeError, f"fused_swiglu must be a bool, got {fused_swiglu!r}")
     xp = device.array_module(hidden_states)
     dtype = hidden_states.dtype
     K = int(top_k)
-    cfg = config or default_tile_config(T, K, E, dtype)
+    cfg = layer_config(T, H, E, I, K, dtype, config=config, fused_swiglu=fused_swiglu)
     b = dict(out=xp.empty((T, H), dtype=dtype))
-    plan = LayerPlan(steps=[], buffers=b, config=cfg)
+    plan = LayerPlan(steps=[], buffers=b, config=cfg, fused_swiglu=fused_swiglu)
     if T == 0:
         return plan                                   # nothing to launch
 
-    b["cache1"] = xp.empty((T * K, 2 * I), dtype=dtype)   # gate|up per replica
+    if not fused_swiglu:
+        b["cache1"] = xp.empty((T * K, 2 * I), dtype=dtype)   # gate|up per replica
     b["cache2"] = xp.empty((T * K, I), dtype=dtype)       # silu(gate) * up
     b["cache3"] = xp.empty((T * K, H), dtype=dtype)       # weighted expert outputs
 
@@ -200,33 +227,45 @@ def plan_layer(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize:
 
     def gemm1():
         fused_moe_matmul(hidden_states, w1, b["sorted_token_ids"], b["expert_ids"], top_k=K,
-                         out=b["cache1"], config=cfg, validate=False)
+                         out=b["cache1"], config=cfg.gemm1, validate=False)
 
     def act():
         activation.silu_and_mul(b["cache1"], out=b["cache2"])
 
+    def gemm1_swiglu():
+        fused_moe_matmul(hidden_states, w1, b["sorted_token_ids"], b["expert_ids"], top_k=K,
+                         swiglu=True, out=b["cache2"], config=cfg.gemm1, validate=False)
+
     def gemm2():
         fused_moe_matmul(b["cache2"], w2, b["sorted_token_ids"], b["expert_ids"], top_k=1,
                          topk_weights=b["topk_weights"], mul_routed_weight=True,
-                         out=b["cache3"], config=cfg, validate=False)
+                         out=b["cache3"], config=cfg.gemm2, validate=False)
 
     def combine():
         moe_sum(b["cache3"], b["topk_ids"], E_global, expert_map=expert_map, out=b["out"])
 
-    plan.steps = [("router", router), ("align", align), ("gemm1 (gate+up)", gemm1),
-                  ("silu_and_mul", act), ("gemm2 (down, x weight)", gemm2),
-                  ("sum over top-k", combine)]
-    plan.writes = {"router": ("topk_weights", "topk_ids"),
-                   "align": ("sorted_token_ids", "expert_ids", "num_tokens_post_padded"),
-                   "gemm1 (gate+up)": ("cache1",), "silu_and_mul": ("cache2",),
-                   "gemm2 (down, x weight)": ("cache3",), "sum over top-k": ("out",)}
+    if fused_swiglu:
+        middle = [(FUSED_STEP, gemm1_swiglu)]
+        plan.writes = {FUSED_STEP: ("cache2",)}
+    else:
+        middle = [("gemm1 (gate+up)", gemm1), ("silu_and_mul", act)]
+        plan.writes = {"gemm1 (gate+up)": ("cache1",), "silu_and_mul": ("cache2",)}
+    plan.steps = [("router", router), ("align", align), *middle,
+                  ("gemm2 (down, x weight)", gemm2), ("sum over top-k", combine)]
+    plan.writes.update({"router": ("topk_weights", "topk_ids"),
+                        "align": ("sorted_token_ids", "expert_ids", "num_tokens_post_padded"),
+                        "gemm2 (down, x weight)": ("cache3",), "sum over top-k": ("out",)})
     return plan
+
+
+FUSED_STEP = "gemm1 + silu_and_mul (fused)"
 
 
 def moe_forward(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize: bool = True,
                 topk_weights=None, topk_ids=None, use_grouped_topk: bool = False, n_group=None,
                 topk_group=None, e_score_correction_bias=None, routed_scaling_factor: float = 1.0,
-                expert_map=None, config: TileConfig | None = None, validate: bool = False):
+                expert_map=None, config: TileConfig | LayerConfig | None = None,
+                fused_swiglu: bool = False, validate: bool = False):
     """The MoE layer: ``(T, H)`` output of ``hidden_states (T, H)`` (same dtype).
 
     Args:
@@ -243,7 +282,11 @@ def moe_forward(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize
             routed_scaling_factor also scales softmax routing weights.
         expert_map: (E_global,) int32 global -> local expert id, -1 when on another rank; the
             result is then this rank's partial sum (other ranks' experts contribute 0).
-        config: tile sizes for both GEMMs; default ``fused_moe.default_tile_config``.
+        config: tile sizes (and compiler hints) of the two GEMMs: a ``TileConfig`` for both or
+            a ``LayerConfig`` per GEMM; default (None): this GPU's tuned table
+            (``moe_tutorial.tuning``), else ``fused_moe.default_tile_config``.
+        fused_swiglu: GEMM1 computes ``silu(gate) * up`` in its epilogue (one kernel instead
+            of GEMM1 + ``silu_and_mul``; the ``(T*K, 2I)`` intermediate is never written).
         validate: also check values -- NaN logits, topk_ids and expert_map in range (the
             routing module's checks; a host sync on the GPU, so off by default).
 
@@ -255,7 +298,7 @@ def moe_forward(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize
                       use_grouped_topk=use_grouped_topk, n_group=n_group,
                       topk_group=topk_group, e_score_correction_bias=e_score_correction_bias,
                       routed_scaling_factor=routed_scaling_factor, expert_map=expert_map,
-                      config=config, validate=validate).run()
+                      config=config, fused_swiglu=fused_swiglu, validate=validate).run()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,21 +330,157 @@ def moe_forward_expert_loop(hidden_states, w1, w2, topk_weights, topk_ids):
     return out.astype(hidden_states.dtype)
 
 
-def moe_forward_host_aligned(hidden_states, w1, w2, topk_weights, topk_ids, *,
-                             config: TileConfig | None = None):
-    """The cuTile sample's structure: copy the routing to the host, align with a Python loop
-    over experts (``reference.align``), copy back, then run the same GEMM/activation/sum
-    kernels as ``moe_forward``. The host round trip is what ``routing.align`` removes."""
-    xp = device.array_module(hidden_states)
+SAMPLE_TILES = TileConfig(128, 128, 64, 8)
+"""The tiles cuTile's ``samples/MoE.py`` launches with (for the sample-style baseline)."""
+
+
+def host_align(topk_ids, num_experts: int, tile_m: int):
+    """The cuTile sample's alignment: copy the routing to the host, group the replicas with a
+    Python loop over experts (``reference.align``) and copy the result back. Returns
+    ``(sorted_token_ids, expert_ids)`` on the device of ``topk_ids`` (a host sync)."""
+    xp = device.array_module(topk_ids)
+    sorted_ids, expert_ids, _ = reference.align(device.to_numpy(topk_ids), num_experts, tile_m)
+    return xp.asarray(sorted_ids), xp.asarray(expert_ids)
+
+
+def moe_forward_aligned(hidden_states, w1, w2, topk_weights, topk_ids, sorted_token_ids,
+                        expert_ids, *, config: TileConfig | None = None):
+    """The layer's kernels after routing and alignment: GEMM1, ``silu_and_mul``, GEMM2 and the
+    top-k sum (``sorted_token_ids``/``expert_ids`` aligned with ``config.tile_m``). The
+    benchmark times this as "sample kernels, alignment excluded"."""
     T, K = topk_ids.shape
-    E, two_i, H = w1.shape
-    cfg = config or default_tile_config(T, K, E, hidden_states.dtype)
-    sorted_ids, expert_ids, _ = reference.align(device.to_numpy(topk_ids), E, cfg.tile_m)
-    sorted_ids, expert_ids = xp.asarray(sorted_ids), xp.asarray(expert_ids)
-    cache1 = fused_moe_matmul(hidden_states, w1, sorted_ids, expert_ids, top_k=K, config=cfg,
-                              validate=False)
+    cfg = config or default_tile_config(T, K, w1.shape[0], hidden_states.dtype)
+    cache1 = fused_moe_matmul(hidden_states, w1, sorted_token_ids, expert_ids, top_k=K,
+                              config=cfg, validate=False)
     cache2 = activation.silu_and_mul(cache1)
-    cache3 = fused_moe_matmul(cache2, w2, sorted_ids, expert_ids, top_k=1,
+    cache3 = fused_moe_matmul(cache2, w2, sorted_token_ids, expert_ids, top_k=1,
                               topk_weights=topk_weights, mul_routed_weight=True, config=cfg,
                               validate=False)
-    return moe_sum(cache3, topk_ids, E)
+    return moe_sum(cache3, topk_ids, w1.shape[0])
+
+
+def moe_forward_host_aligned(hidden_states, w1, w2, topk_weights, topk_ids, *,
+                             config: TileConfig | None = None):
+    """The cuTile sample's structure: alignment on the host (``host_align``), then the same
+    GEMM/activation/sum kernels as ``moe_forward``. The host round trip is what
+    ``routing.align`` removes."""
+    T, K = topk_ids.shape
+    cfg = config or default_tile_config(T, K, w1.shape[0], hidden_states.dtype)
+    sorted_ids, expert_ids = host_align(topk_ids, w1.shape[0], cfg.tile_m)
+    return moe_forward_aligned(hidden_states, w1, w2, topk_weights, topk_ids, sorted_ids,
+                               expert_ids, config=cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA graph capture (notebook 05)
+# ---------------------------------------------------------------------------------------------
+
+class CapturedLayer:
+    """The MoE layer recorded in a CUDA graph over fixed buffers (see :func:`capture`).
+
+    ``layer(hidden_states, router_logits)`` copies new inputs into the captured input buffers
+    (same shapes and dtypes), replays the graph and returns ``out`` -- a fixed (T, H) buffer
+    that the next replay overwrites (copy it to keep it). ``replay()`` only launches the
+    graph(s) on ``stream`` (what a benchmark times). ``graphs`` holds one graph for the whole
+    layer, or one per step (``split_steps=True``, ``step_names`` names them) to time kernels
+    one by one."""
+
+    def __init__(self, plan, graphs, step_names, stream, pool, inputs, keep):
+        self.plan = plan
+        self.graphs = graphs
+        self.step_names = step_names
+        self.stream = stream
+        self._pool = pool          # the memory of every captured buffer: must outlive the graphs
+        self.inputs = inputs       # name -> captured input buffer
+        self._keep = keep          # arrays the graphs read (weights, bias, expert map)
+
+    @property
+    def out(self):
+        return self.plan.buffers["out"]
+
+    def replay(self):
+        for g in self.graphs:
+            g.launch(self.stream)
+
+    def __call__(self, hidden_states=None, router_logits=None, *, topk_weights=None,
+                 topk_ids=None):
+        import cupy as cp
+        caller = cp.cuda.get_current_stream()
+        self.stream.wait_event(caller.record())       # the new inputs may come from `caller`
+        with self.stream:
+            for name, new in (("hidden_states", hidden_states), ("router_logits", router_logits),
+                              ("topk_weights", topk_weights), ("topk_ids", topk_ids)):
+                if new is None:
+                    continue
+                if name not in self.inputs:
+                    raise ValueError(f"CapturedLayer: {name} was not an input of the captured "
+                                     f"layer (it used {', '.join(self.inputs)})")
+                dst = self.inputs[name]
+                if tuple(new.shape) != tuple(dst.shape) or new.dtype != dst.dtype:
+                    raise ValueError(f"CapturedLayer: {name} must be {tuple(dst.shape)} "
+                                     f"{dst.dtype} like the captured one, got "
+                                     f"{tuple(new.shape)} {new.dtype}")
+                dst[...] = new
+            self.replay()
+        caller.wait_event(self.stream.record())        # `out` is ready for the caller's stream
+        return self.out
+
+
+def capture(hidden_states, w1, w2, router_logits, top_k: int, *, split_steps: bool = False,
+            **kwargs) -> CapturedLayer:
+    """Record the whole layer (router to output) in a CUDA graph; CuPy arrays only.
+
+    Arguments as in :func:`moe_forward` (``kwargs``: ``renormalize``, ``config``,
+    ``fused_swiglu``, the router options, precomputed ``topk_weights``/``topk_ids``,
+    ``expert_map``; ``validate`` must stay False: value checks synchronise with the host).
+
+    Why it works: no step of the layer waits for the host (worst-case-sized alignment, blocks of
+    expert -1 exit), so one stream capture records every launch. The activations
+    (``hidden_states``, ``router_logits``, or ``topk_weights``/``topk_ids``) are copied into
+    captured buffers that the returned callable refills; the weights are used in place and must
+    not be freed or moved. Every buffer the graph touches comes from a private memory pool kept
+    alive by the returned object, so later allocations elsewhere can never reuse it. The layer
+    runs twice before the capture (compiling every kernel, and leaving freed blocks of every
+    size in the pool, so the capture allocates nothing new)."""
+    if kwargs.get("validate"):
+        raise ValueError("capture: validate=True synchronises with the host (value checks), "
+                         "which a CUDA graph cannot record; capture with validate=False")
+    if not all(device.is_gpu_array(a) for a in (hidden_states, w1, w2)):
+        raise TypeError("capture: CUDA graphs need the GPU -- pass CuPy arrays "
+                        "(hidden_states, w1 and w2 are not all CuPy arrays)")
+    import cupy as cp
+    stream = cp.cuda.Stream(non_blocking=True)
+    pool = cp.cuda.MemoryPool()
+    inputs = {}
+    caller = cp.cuda.get_current_stream()
+    stream.wait_event(caller.record())
+    with cp.cuda.using_allocator(pool.malloc), stream:
+        for name, a in (("hidden_states", hidden_states), ("router_logits", router_logits),
+                        ("topk_weights", kwargs.get("topk_weights")),
+                        ("topk_ids", kwargs.get("topk_ids"))):
+            if a is not None:
+                inputs[name] = a.copy()
+        if "topk_weights" in inputs:
+            kwargs.update(topk_weights=inputs["topk_weights"], topk_ids=inputs["topk_ids"])
+        plan = plan_layer(inputs["hidden_states"], w1, w2, inputs.get("router_logits"), top_k,
+                          **kwargs)
+        plan.run()                        # compiles every kernel
+        plan.run()                        # frees the first run's buffers into the pool
+        stream.synchronize()
+        groups = [plan.steps] if not split_steps else [[s] for s in plan.steps]
+        graphs = []
+        for steps in groups:
+            stream.begin_capture()
+            try:
+                for _, step in steps:
+                    step()
+            finally:
+                graph = stream.end_capture()
+            graphs.append(graph)
+        names = ["layer"] if not split_steps else [n for n, _ in plan.steps]
+        layer = CapturedLayer(plan, graphs, names, stream, pool, inputs,
+                              keep=(w1, w2, kwargs.get("e_score_correction_bias"),
+                                    kwargs.get("expert_map")))
+        layer.replay()                    # the captured buffers now hold this input's result
+    caller.wait_event(stream.record())
+    return layer

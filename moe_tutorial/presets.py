@@ -7,7 +7,11 @@ structure (same E, K and router, so routing and alignment look the same) but sma
 the CPU emulator runs it in seconds.
 
 ``make_problem`` draws fresh inputs: hidden states ~ N(0, 1), weights ~ N(0, 1/fan_in) so every
-activation stays O(1) in float16, router logits ~ N(0, 1) (float32).
+activation stays O(1) in float16, router logits ~ N(0, 1) (float32), and for DeepSeek-V3's
+router a small correction bias ~ N(0, 0.01^2).
+
+``BENCH_SHAPES`` are the layers of the performance issue's table (``LayerShape``: a preset and a
+token count), ``shape_from_spec("T,H,E,I,K")`` makes one from the command line.
 """
 from __future__ import annotations
 
@@ -87,6 +91,64 @@ CPU_PRESETS = {
 }
 
 
+# Two more layer shapes: the ones cuTile's own MoE benchmark (test/bench_moe.py) times.
+BENCH_MOE_PRESETS = {
+    "bench_moe_e16": Preset("bench_moe_e16", 1024, 16, 512, 4, decode_tokens=110,
+                            prefill_tokens=110, source="cuTile test/bench_moe.py"),
+    "bench_moe_e1408": Preset("bench_moe_e1408", 2048, 1408, 32, 6, decode_tokens=256,
+                              prefill_tokens=256, source="cuTile test/bench_moe.py"),
+}
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """One layer to benchmark or tune: a preset (H, E, I, K, router) and a token count."""
+    name: str
+    preset: Preset
+    tokens: int
+
+    @property
+    def dims(self) -> tuple[int, int, int, int, int]:
+        """``(T, H, E, I, K)``, the issue's notation."""
+        p = self.preset
+        return self.tokens, p.hidden, p.experts, p.intermediate, p.top_k
+
+
+def _shape(name: str, phase: str) -> LayerShape:
+    p = PRESETS[name]
+    return LayerShape(f"{name} {phase}", p, p.tokens(phase))
+
+
+# The issue's table of layers to beat, in its order (T, H, E, I, K).
+BENCH_SHAPES = (
+    LayerShape("cutile_sample", PRESETS["cutile_sample"], 48),
+    LayerShape("bench_moe_e16", BENCH_MOE_PRESETS["bench_moe_e16"], 110),
+    LayerShape("bench_moe_e1408", BENCH_MOE_PRESETS["bench_moe_e1408"], 256),
+    _shape("qwen3_30b_a3b", "decode"),
+    _shape("qwen3_30b_a3b", "prefill"),
+    _shape("mixtral_8x7b", "decode"),
+    _shape("mixtral_8x7b", "prefill"),
+    _shape("deepseek_v3", "prefill"),
+)
+
+
+def shape_from_spec(spec: str) -> LayerShape:
+    """``"T,H,E,I,K"`` -> a LayerShape: the preset with these sizes if one exists (its router),
+    else a softmax top-K router with renormalized weights."""
+    try:
+        T, H, E, I, K = (int(v) for v in spec.replace(" ", "").split(","))
+    except ValueError:
+        raise ValueError(f"a shape is T,H,E,I,K (five integers), got {spec!r}") from None
+    if min(T, H, E, I, K) < 1 or K > E:
+        raise ValueError(f"shape {spec!r}: every size must be >= 1 and K <= E")
+    for p in (*PRESETS.values(), *BENCH_MOE_PRESETS.values()):
+        if (p.hidden, p.experts, p.intermediate, p.top_k) == (H, E, I, K):
+            return LayerShape(f"{p.name} T={T}", p, T)
+    p = Preset(f"custom_{H}x{E}x{I}x{K}", H, E, I, K, decode_tokens=T, prefill_tokens=T,
+               source="--shape")
+    return LayerShape(f"T={T} H={H} E={E} I={I} K={K}", p, T)
+
+
 def get(name: str, *, scaled: bool | None = None) -> Preset:
     """The preset ``name``; ``scaled=None`` picks the CPU twin when the default backend is the
     CPU emulator and the real sizes on a GPU."""
@@ -105,27 +167,37 @@ def _normal(xp, seed: int, shape, scale: float, dtype):
     return (g.standard_normal(shape, dtype=xp.float32) * xp.float32(scale)).astype(dtype)
 
 
+DRAW_ELEMENTS = 1 << 26        # float32 values per random draw of make_problem (256 MB)
+
+
 def make_problem(preset: Preset, num_tokens: int, *, dtype="float16", xp=None, seed: int = 0):
     """Fresh random inputs of ``moe_forward`` for ``preset`` with ``num_tokens`` tokens.
 
     Returns a dict with ``hidden_states (T, H)``, ``w1 (E, 2I, H)``, ``w2 (E, H, I)`` in
     ``dtype``, ``router_logits (T, E)`` float32 and, for grouped routers,
-    ``e_score_correction_bias (E,)`` float32. Weights are drawn one expert at a time, so a
-    DeepSeek-V3-sized float16 layer (22 GB) never needs a float32 copy of itself."""
+    ``e_score_correction_bias (E,)`` float32. Weights are drawn a few experts at a time (at
+    most ``DRAW_ELEMENTS`` float32 values per draw), so a DeepSeek-V3-sized float16 layer
+    (22 GB) never needs a float32 copy of itself, and 1408 small experts take 3 draws, not
+    2816."""
     xp = xp or device.get_xp()
     T, H, E, I = num_tokens, preset.hidden, preset.experts, preset.intermediate
     dtype = np.dtype(dtype)
     w1 = xp.empty((E, 2 * I, H), dtype=dtype)
     w2 = xp.empty((E, H, I), dtype=dtype)
-    for e in range(E):
-        w1[e] = _normal(xp, seed * 1_000_003 + 2 * e + 1, (2 * I, H), H ** -0.5, dtype)
-        w2[e] = _normal(xp, seed * 1_000_003 + 2 * e + 2, (H, I), I ** -0.5, dtype)
+    step = max(1, DRAW_ELEMENTS // (2 * I * H))
+    for c, e in enumerate(range(0, E, step)):
+        n = min(step, E - e)
+        w1[e:e + n] = _normal(xp, seed * 1_000_003 + 2 * c + 1, (n, 2 * I, H), H ** -0.5, dtype)
+        w2[e:e + n] = _normal(xp, seed * 1_000_003 + 2 * c + 2, (n, H, I), I ** -0.5, dtype)
     problem = dict(
         hidden_states=_normal(xp, seed * 1_000_003 + 2 * E + 1, (T, H), 1.0, dtype),
         w1=w1, w2=w2,
         router_logits=_normal(xp, seed * 1_000_003 + 2 * E + 2, (T, E), 1.0, np.float32),
     )
     if preset.grouped:
+        # small: a trained correction bias *balances* the experts' load; a random one of std
+        # 0.1 would leave ~1/6 of DeepSeek-V3's 256 experts without tokens at T=2048 and give
+        # one expert ~13x its share
         problem["e_score_correction_bias"] = _normal(xp, seed * 1_000_003 + 2 * E + 3, (E,),
-                                                     0.1, np.float32)
+                                                     0.01, np.float32)
     return problem

@@ -290,3 +290,184 @@ def test_sass_instruction_count_reads_the_text_section():
     assert all(c > 100 for c in counts) and counts[0] != counts[1]
     with pytest.raises(ValueError, match="not an ELF"):
         fm.sass_instruction_count(b"hello")
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 05: GEMM1 with the SwiGLU epilogue, compiler hints, per-GEMM configs
+# ---------------------------------------------------------------------------------------------
+
+def _run_swiglu(xp, rng, *, T, H, I, E, K, dtype_name, config, duplicates=False,
+                drop_fraction=0.0, expert_map=None, num_global=None):
+    """fused_moe_matmul(swiglu=True) against silu(gate)*up of the float64 grouped matmul, and
+    against the unfused path (GEMM1 into (T*K, 2I), then activation.silu_and_mul)."""
+    from moe_tutorial import activation
+    dt = _dtype(xp, dtype_name)
+    _, ids = _routing(rng, T, K, E, duplicates=duplicates, drop_fraction=drop_fraction,
+                      num_global=num_global)
+    x = rng.standard_normal((T, H)).astype(dt)
+    w1 = (rng.standard_normal((E, 2 * I, H)) / math.sqrt(max(H, 1))).astype(dt)
+    sorted_ids, expert_ids, _ = ref.align(ids, E, config.tile_m, expert_map=expert_map)
+    dev = [xp.asarray(v) for v in (x, w1, sorted_ids, expert_ids)]
+    fused = xp.full((T * K, I), np.nan, dtype=dt)
+    fm.fused_moe_matmul(*dev, top_k=K, swiglu=True, out=fused, config=config)
+    gate_up = ref.grouped_matmul(x, w1, ids, row_divisor=K, expert_map=expert_map)
+    with np.errstate(invalid="ignore"):
+        want = ref.silu_and_mul(gate_up)           # NaN rows (dropped replicas) stay NaN
+    _check(xp, fused, want, dtype_name)
+    unfused = xp.full((T * K, 2 * I), np.nan, dtype=dt)
+    fm.fused_moe_matmul(*dev, top_k=K, out=unfused, config=config)
+    computed = ~np.isnan(want).all(axis=1)
+    act = np.full((T * K, I), np.nan)
+    if computed.any():
+        act[computed] = device.to_numpy(activation.silu_and_mul(
+            unfused[xp.asarray(np.flatnonzero(computed))])).astype(np.float64)
+    _check(xp, act, want, dtype_name)
+
+
+@settings(max_examples=examples(25), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(T=st.integers(1, 24), H=st.integers(2, 100), I=st.integers(4, 70), E=st.integers(1, 9),
+       K=st.integers(1, 4), duplicates=st.booleans(), drop=st.sampled_from([0.0, 0.0, 0.3]),
+       dtype_name=st.sampled_from(["float16", "float32"]), config=tiles, data=st.data())
+def test_swiglu_epilogue_matches_reference(xp, T, H, I, E, K, duplicates, drop, dtype_name,
+                                           config, data):
+    """Any H and I (edges of the gate and the up half zero-padded separately), duplicate ids,
+    dropped replicas, empty experts, every tile shape, both ways of loading B. (I >= 4: a
+    single product of a few normals can land among float16 subnormals, whose relative rounding
+    error is not 2**-12; the norm over a few columns is safe.)"""
+    K = min(K, E) if not duplicates else K
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31 - 1)))
+    _run_swiglu(xp, rng, T=T, H=H, I=I, E=E, K=K, dtype_name=dtype_name, config=config,
+                duplicates=duplicates, drop_fraction=drop)
+
+
+def test_swiglu_epilogue_with_an_expert_map_and_bfloat16(xp, rng):
+    emap = np.array([1, -1, 0, -1, 2], np.int32)
+    _run_swiglu(xp, rng, T=9, H=40, I=24, E=3, K=2, dtype_name="float32",
+                config=fm.TileConfig(16, 16, 32, 4), expert_map=emap, num_global=5)
+    if xp is np:
+        _run_swiglu(np, rng, T=11, H=70, I=50, E=3, K=2, dtype_name="bfloat16",
+                    config=fm.TileConfig(16, 32, 32, 2))
+
+
+def test_swiglu_epilogue_math_at_extreme_gates(xp):
+    """Gates of +-60 and 0 (exp(-g) far out of float16 range, computed in float32): silu(g)*u
+    must be g*u, -0 and 0 -- no inf or NaN from the fused epilogue."""
+    T, H, I, E = 4, 16, 16, 1
+    x = np.zeros((T, H), np.float32)
+    x[:, 0] = [1.0, -1.0, 0.0, 0.5]
+    w1 = np.zeros((E, 2 * I, H), np.float32)
+    w1[0, :I, 0] = 60.0                        # gate = 60 * x[:, 0]
+    w1[0, I:, 0] = 2.0                         # up = 2 * x[:, 0]
+    ids = np.zeros((T, 1), np.int32)
+    s, e, _ = ref.align(ids, E, 16)
+    out = fm.fused_moe_matmul(xp.asarray(x), xp.asarray(w1), xp.asarray(s), xp.asarray(e),
+                              top_k=1, swiglu=True, config=fm.TileConfig(16, 16, 16, 1))
+    got = device.to_numpy(out)[:, 0]
+    g, u = 60.0 * x[:, 0].astype(np.float64), 2.0 * x[:, 0].astype(np.float64)
+    np.testing.assert_allclose(got, g / (1 + np.exp(-g)) * u, rtol=1e-5, atol=1e-30)
+    assert got[0] == 120.0 and 0 < got[1] < 1e-23          # silu(-60) * -2 = 120 e^-60
+    assert np.isfinite(device.to_numpy(out)).all()
+
+
+@pytest.mark.parametrize("hints", [dict(occupancy=2, latency=8), dict(num_ctas=2)])
+def test_compiler_hints_change_nothing_in_the_result(xp, rng, hints):
+    """Hinted configs (the tuner's knobs) compute the same products; on the GPU each is a
+    different compiled kernel, on the emulator the same Python function."""
+    import dataclasses
+    for gemm2 in (False, True):
+        _run_gemm(xp, rng, T=10, H=72, N=40, E=3, K=2, dtype_name="float16", gemm2=gemm2,
+                  config=dataclasses.replace(fm.TileConfig(16, 32, 32, 2), **hints))
+    _run_swiglu(xp, rng, T=10, H=72, I=40, E=3, K=2, dtype_name="float16",
+                config=dataclasses.replace(fm.TileConfig(16, 32, 32, 2), **hints))
+
+
+def test_hinted_kernels_are_made_once():
+    k = fm.hinted(fm.fused_moe_kernel, 2, None)
+    assert k is fm.hinted(fm.fused_moe_kernel, 2, None) and k is not fm.fused_moe_kernel
+    assert fm.hinted(fm.fused_moe_kernel, None, None) is fm.fused_moe_kernel
+    launched = []
+    cfg = fm.TileConfig(16, 16, 16, occupancy=4, num_ctas=2)
+    a, w = np.zeros((4, 8), np.float32), np.zeros((2, 6, 8), np.float32)
+    for swiglu in (False, True):
+        _, kernel, _ = fm.gemm_launch(a, w, np.zeros((8, 6), np.float32), None,
+                                      np.full(16, 8, np.int32), np.zeros(1, np.int32), top_k=2,
+                                      mul_routed_weight=False, swiglu=swiglu, config=cfg)
+        launched.append(kernel)
+    assert launched == [fm.hinted(fm.fused_moe_kernel, 4, 2),
+                        fm.hinted(fm.fused_moe_swiglu_kernel, 4, 2)]
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("occupancy", 0, "occupancy must be None or an int in"),
+    ("occupancy", 33, "occupancy"),
+    ("num_ctas", 3, "num_ctas must be a power of two"),
+    ("num_ctas", 32, "num_ctas must be None or an int in"),
+    ("latency", 11, "latency must be an int in"),
+    ("latency", None, "latency must be an int in"),
+    ("occupancy", True, "occupancy"),
+])
+def test_bad_hints_are_refused(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        fm.TileConfig(16, 16, 16, **{field: value})
+
+
+def test_layer_config_pairs_two_gemm_configs():
+    a, b = fm.TileConfig(16, 64, 128), fm.TileConfig(16, 128, 64, occupancy=2)
+    cfg = fm.LayerConfig(a, b)
+    assert cfg.tile_m == 16 and fm.LayerConfig.of(a) == fm.LayerConfig(a, a)
+    assert fm.LayerConfig.of(cfg) is cfg
+    assert cfg.replace(transpose_b=True).gemm2.transpose_b and cfg.replace(
+        transpose_b=True).gemm2.occupancy == 2
+    with pytest.raises(ValueError, match="must match"):
+        fm.LayerConfig(a, fm.TileConfig(32, 64, 64))
+    with pytest.raises(TypeError, match="must be a TileConfig"):
+        fm.LayerConfig(a, (16, 64, 64))
+    with pytest.raises(TypeError, match="TileConfig or LayerConfig"):
+        fm.LayerConfig.of((16, 64, 64))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(mul_routed_weight=True), "the router weight belongs to GEMM2"),
+    (dict(n=7), "its middle axis is odd"),
+    (dict(out=(8, 6)), r"out must be \(8, 3\)"),
+])
+def test_swiglu_bad_input_is_refused(bad, match):
+    w = np.zeros((2, bad.get("n", 6), 8), np.float32)
+    kw = dict(top_k=2, swiglu=True, config=fm.TileConfig(16, 16, 16))
+    if "mul_routed_weight" in bad:
+        kw.update(mul_routed_weight=True, topk_weights=np.ones(8, np.float32))
+    if "out" in bad:
+        kw["out"] = np.zeros(bad["out"], np.float32)
+    with pytest.raises(ValueError, match=match):
+        fm.fused_moe_matmul(np.zeros((4, 8), np.float32), w, np.full(16, 8, np.int32),
+                            np.zeros(1, np.int32), **kw)
+
+
+def test_swiglu_wrapper_picks_the_int64_kernel_for_huge_weights(monkeypatch):
+    """The gate and up views of a w1 whose expert stride reaches past 2**31 elements take the
+    64-bit kernel, whose compiled signature marks both weight views as int64-indexed."""
+    launched = []
+    monkeypatch.setattr(fm.device, "launch", lambda grid, kernel, args: launched.append(
+        (grid, kernel, args)))
+    a = np.zeros((4, 8), np.float16)
+    base = np.zeros((2, 16, 8), np.float16)
+    huge = np.lib.stride_tricks.as_strided(base, shape=(2, 16, 8), strides=(2**31 * 2, 16, 2))
+    ids, experts = np.full(16, 8, np.int32), np.zeros(1, np.int32)
+    cfg = fm.TileConfig(16, 16, 16)
+    for w in (base, huge):
+        fm.fused_moe_matmul(a, w, ids, experts, top_k=2, swiglu=True, config=cfg, validate=False)
+    assert [k for _, k, _ in launched] == [fm.fused_moe_swiglu_kernel,
+                                           fm.fused_moe_swiglu_kernel_int64]
+    grid, _, args = launched[0]
+    assert grid == (1,) and args[1].shape == args[2].shape == (2, 8, 8)      # gate, up views
+    assert np.shares_memory(args[1], base) and args[2].__array_interface__["data"][0] == \
+        base.__array_interface__["data"][0] + 8 * 8 * 2                       # up = rows I..2I
+    cfg64 = fm.default_tile_config(2048, 8, 256)
+    elf = export_cubin(fm.fused_moe_swiglu_kernel_int64,
+                       fm.swiglu_compile_params(ct.float16, 8, cfg64, int64=True), "sm_90")
+    name = "fused_moe_swiglu_kernel_int64_"
+    symbol = next(s for s in elf.split(b"\0") if s.startswith(name.encode())).decode()
+    params = symbol[len(name):].split("_A")[1:]
+    assert params[1].endswith("_w") and params[2].endswith("_w")
+    assert not params[0].endswith("_w") and not params[3].endswith("_w")

@@ -12,6 +12,8 @@ The router runs in float32 and the reference in float64: on random logits an exp
 could only differ if two logits were within a few float32 ulps at the top-k boundary, which
 has probability ~1e-5 per test here.
 """
+import json
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,7 +21,7 @@ from hypothesis import strategies as st
 
 from moe_tutorial import device, layer, presets
 from moe_tutorial import reference as ref
-from moe_tutorial.fused_moe import TileConfig
+from moe_tutorial.fused_moe import LayerConfig, TileConfig, default_tile_config
 
 from conftest import examples
 
@@ -240,49 +242,180 @@ def test_real_presets_on_gpu(name, phase):
     cp.get_default_memory_pool().free_all_blocks()
 
 
+# ---------------------------------------------------------------------------------------------
+# Notebook 05: the fused SwiGLU epilogue, per-GEMM configs, tuned-table lookup, graph capture
+# ---------------------------------------------------------------------------------------------
+
+@settings(max_examples=examples(20), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(T=st.integers(1, 20), H=st.integers(8, 80), E=st.integers(1, 10), I=st.integers(8, 60),
+       K=st.integers(1, 4), dtype_name=st.sampled_from(["float16", "float32"]),
+       tile_m=st.sampled_from([16, 32, 64]), tiles1=st.sampled_from([(16, 32), (32, 16), (64, 64)]),
+       tiles2=st.sampled_from([(16, 32), (32, 64), (64, 16)]), data=st.data())
+def test_fused_swiglu_layer_matches_reference_and_unfused(xp, T, H, E, I, K, dtype_name, tile_m,
+                                                          tiles1, tiles2, data):
+    """moe_forward(fused_swiglu=True) against the float64 reference and against the unfused
+    layer with the same configs; the two GEMMs get different tiles (same tile_m). The fused path
+    rounds once less (no float16 gate|up intermediate), so both stay within the layer tolerance
+    of the reference and within twice of it of each other. (H, I >= 8: with one or two terms an
+    output can be a float16 subnormal, whose relative rounding error is not 2**-11.)"""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31 - 1)))
+    K = min(K, E)
+    x, w1, w2, logits = _problem(xp, rng, T, H, E, I, dtype_name)
+    cfg = LayerConfig(TileConfig(tile_m, *tiles1, 2), TileConfig(tile_m, *tiles2, 4))
+    a = (xp.asarray(x), xp.asarray(w1), xp.asarray(w2), xp.asarray(logits), K)
+    fused = layer.moe_forward(*a, config=cfg, fused_swiglu=True)
+    unfused = layer.moe_forward(*a, config=cfg)
+    want = ref.moe_forward(x, w1, w2, logits, K)
+    _assert_close(fused, want, dtype_name)
+    _assert_close(unfused, want, dtype_name)
+    diff = ref.relative_error(device.to_numpy(fused), device.to_numpy(unfused).astype(np.float64))
+    assert diff <= 2 * TOL[dtype_name], f"fused vs unfused differ by {diff:.3g}"
+
+
+def test_fused_plan_has_one_gemm1_step_and_no_gate_up_buffer(xp, rng):
+    x, w1, w2, logits = _problem(xp, rng, 9, 32, 6, 16, "float32")
+    args = (xp.asarray(x), xp.asarray(w1), xp.asarray(w2), xp.asarray(logits), 2)
+    plan = layer.plan_layer(*args, fused_swiglu=True)
+    assert [n for n, _ in plan.steps] == ["router", "align", layer.FUSED_STEP,
+                                          "gemm2 (down, x weight)", "sum over top-k"]
+    assert "cache1" not in plan.buffers and plan.writes[layer.FUSED_STEP] == ("cache2",)
+    _assert_close(plan.run(), ref.moe_forward(x, w1, w2, logits, 2), "float32")
+
+
+def test_deepseek_router_with_fused_swiglu_and_expert_map(xp, rng):
+    """The fused path with the grouped router and an expert-parallel rank (half the experts)."""
+    T, H, E, I, K = 11, 48, 16, 40, 4
+    x, w1, w2, logits = _problem(xp, rng, T, H, E, I, "float32")
+    mine = np.arange(0, E, 2)
+    emap = np.full(E, -1, np.int32)
+    emap[mine] = np.arange(len(mine), dtype=np.int32)
+    kw = dict(use_grouped_topk=True, n_group=4, topk_group=2, routed_scaling_factor=2.5)
+    got = layer.moe_forward(xp.asarray(x), xp.asarray(w1[mine]), xp.asarray(w2[mine]),
+                            xp.asarray(logits), K, expert_map=xp.asarray(emap),
+                            fused_swiglu=True, **kw)
+    _assert_close(got, ref.moe_forward(x, w1[mine], w2[mine], logits, K, expert_map=emap, **kw),
+                  "float32")
+
+
+def _tuned_table(path, shape, gemm1, gemm2, gemm1_swiglu=None):
+    from moe_tutorial import tuning
+    entry = {"shape": dict(zip("THEIK", shape)), "gemm1": tuning.config_to_dict(gemm1),
+             "gemm2": tuning.config_to_dict(gemm2)}
+    if gemm1_swiglu is not None:
+        entry["gemm1_swiglu"] = tuning.config_to_dict(gemm1_swiglu)
+    path.write_text(json.dumps({"format": 1, "gpu": "test", "dtype": "float32",
+                                "entries": [entry]}))
+    return path
+
+
+def test_config_none_uses_the_tuned_table_then_the_default_rule(xp, rng, tmp_path, monkeypatch):
+    """With a table for the layer's (H, E, I, K) the layer runs its configs (the unfused or
+    the fused GEMM1 entry); for another shape, or without a table, the default rule."""
+    T, H, E, I, K = 12, 40, 5, 24, 2
+    g1, g2, g1s = (TileConfig(32, 16, 16, 2), TileConfig(32, 32, 16, 4),
+                   TileConfig(32, 16, 32, 1, latency=5))
+    monkeypatch.setenv("MOE_TUTORIAL_TUNED_CONFIGS",
+                       str(_tuned_table(tmp_path / "t.json", (T, H, E, I, K), g1, g2, g1s)))
+    x, w1, w2, logits = _problem(xp, rng, T, H, E, I, "float32")
+    args = (xp.asarray(x), xp.asarray(w1), xp.asarray(w2), xp.asarray(logits), K)
+    want = ref.moe_forward(x, w1, w2, logits, K)
+    for fused, gemm1 in ((False, g1), (True, g1s)):
+        plan = layer.plan_layer(*args, fused_swiglu=fused)
+        assert plan.config == LayerConfig(gemm1, g2)
+        _assert_close(plan.run(), want, "float32")
+    x2, w1b, w2b, logits2 = _problem(xp, rng, T, H + 8, E, I, "float32")   # another H
+    other = layer.plan_layer(xp.asarray(x2), xp.asarray(w1b), xp.asarray(w2b),
+                             xp.asarray(logits2), K)
+    assert other.config == LayerConfig.of(default_tile_config(T, K, E, "float32"))
+    monkeypatch.setenv("MOE_TUTORIAL_TUNED_CONFIGS", "off")
+    assert layer.plan_layer(*args).config == LayerConfig.of(default_tile_config(T, K, E,
+                                                                                "float32"))
+
+
+def test_a_broken_tuned_table_falls_back_with_a_warning(xp, rng, tmp_path, monkeypatch):
+    bad = tmp_path / "broken.json"
+    bad.write_text("{not json")
+    monkeypatch.setenv("MOE_TUTORIAL_TUNED_CONFIGS", str(bad))
+    x, w1, w2, logits = _problem(xp, rng, 5, 16, 3, 8, "float32")
+    with pytest.warns(RuntimeWarning, match="ignoring the tuned-config table"):
+        got = layer.moe_forward(xp.asarray(x), xp.asarray(w1), xp.asarray(w2),
+                                xp.asarray(logits), 2)
+    _assert_close(got, ref.moe_forward(x, w1, w2, logits, 2), "float32")
+
+
+def test_sample_style_baselines_with_the_sample_tiles(xp, rng):
+    """The sample-style peers of the benchmark: host alignment + kernels with 128x128x64 tiles,
+    and the kernels alone on a precomputed alignment."""
+    x, w1, w2, logits = _problem(xp, rng, 10, 48, 4, 40, "float32")
+    weights, ids = ref.topk_softmax(logits, 2, renormalize=True)
+    want = ref.moe_forward(x, w1, w2, None, 2, topk_weights=weights, topk_ids=ids)
+    a = [xp.asarray(v) for v in (x, w1, w2, weights.astype(np.float32), ids)]
+    _assert_close(layer.moe_forward_host_aligned(*a, config=layer.SAMPLE_TILES), want, "float32")
+    sorted_ids, expert_ids = layer.host_align(a[4], 4, layer.SAMPLE_TILES.tile_m)
+    assert device.array_module(sorted_ids) is xp
+    _assert_close(layer.moe_forward_aligned(*a, sorted_ids, expert_ids,
+                                            config=layer.SAMPLE_TILES), want, "float32")
+
+
+def test_capture_needs_the_gpu_and_no_host_sync():
+    x, w1, w2 = np.zeros((2, 8), np.float16), np.zeros((2, 6, 8), np.float16), \
+        np.zeros((2, 8, 3), np.float16)
+    with pytest.raises(TypeError, match="CUDA graphs need the GPU"):
+        layer.capture(x, w1, w2, np.zeros((2, 2), np.float32), 1)
+    with pytest.raises(ValueError, match="validate=True"):
+        layer.capture(x, w1, w2, np.zeros((2, 2), np.float32), 1, validate=True)
+
+
 @pytest.mark.gpu
-def test_layer_is_capturable_in_a_cuda_graph():
-    """A host sync (or a device-to-host copy) inside moe_forward would make stream capture
-    fail; capture succeeds, and replaying the graph on fresh inputs gives the right answer."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_captured_layer_replays_on_fresh_inputs(fused):
+    """layer.capture records the whole layer (no host sync anywhere, or the capture fails);
+    calling it with fresh inputs replays the graph: the output matches the float64 reference
+    and, bit for bit, the eager layer on the same inputs (same kernels, deterministic).
+    split_steps=True (one graph per step) gives the same output too."""
     import cupy as cp
-    p = presets.CPU_PRESETS["qwen3_30b_a3b"]
-    prob = presets.make_problem(p, 16, xp=cp, seed=1)
+    p = presets.PRESETS["qwen3_30b_a3b"]
+    T = p.decode_tokens
+    prob = presets.make_problem(p, T, xp=cp, seed=1)
     x, w1, w2, logits = (prob[k] for k in ("hidden_states", "w1", "w2", "router_logits"))
-    plan = layer.plan_layer(x, w1, w2, logits, p.top_k, **p.router_kwargs())
-    stream = cp.cuda.Stream(non_blocking=True)
-    with stream:
-        plan.run()                                      # warm up: compile, fill the pool
-        stream.synchronize()
-        stream.begin_capture()
-        plan.run()
-        graph = stream.end_capture()
-        fresh = presets.make_problem(p, 16, xp=cp, seed=2)
-        x[...] = fresh["hidden_states"]                 # new inputs in the captured buffers
-        logits[...] = fresh["router_logits"]
-        graph.launch()
-        stream.synchronize()
-    want = ref.moe_forward(x, w1, w2, logits, p.top_k, **p.router_kwargs())
-    _assert_close(plan.buffers["out"], want, "float16")
+    captured = layer.capture(x, w1, w2, logits, p.top_k, fused_swiglu=fused, **p.router_kwargs())
+    assert len(captured.graphs) == 1
+    for seed in (2, 3):
+        fresh = presets.make_problem(p, T, xp=cp, seed=seed)
+        out = captured(fresh["hidden_states"], fresh["router_logits"]).copy()
+        eager = layer.moe_forward(fresh["hidden_states"], w1, w2, fresh["router_logits"],
+                                  p.top_k, fused_swiglu=fused, **p.router_kwargs())
+        assert cp.array_equal(out, eager)
+        want = ref.moe_forward(fresh["hidden_states"], w1, w2, fresh["router_logits"], p.top_k,
+                               **p.router_kwargs())
+        _assert_close(out, want, "float16")
+    split = layer.capture(x, w1, w2, logits, p.top_k, fused_swiglu=fused, split_steps=True,
+                          **p.router_kwargs())
+    assert split.step_names == [n for n, _ in split.plan.steps]
+    assert cp.array_equal(split(fresh["hidden_states"], fresh["router_logits"]), eager)
+    with pytest.raises(ValueError, match="must be"):
+        captured(fresh["hidden_states"][:1])
+    del captured, split, prob
+    cp.get_default_memory_pool().free_all_blocks()
 
 
-def test_roofline_floor_arithmetic():
-    """layer_cost / roofline_floor_ms (used by the benchmark and the notebook 04 checker),
-    against a hand count for Qwen3-30B-A3B decode: 64 tokens, all 128 experts used."""
-    from moe_tutorial import bench_layer
-    flops, nbytes = bench_layer.layer_cost(64, 2048, 768, 8, 128, 2)
-    assert flops == 2 * 64 * 8 * 3 * 2048 * 768                  # 4.83 GFLOP
-    assert nbytes == (128 * 3 * 2048 * 768 + 2 * 64 * 2048) * 2   # 1.21 GB: the weights
-    # memory-bound at 3350 GB/s: 1.2084e9 B / 3.35e12 B/s = 0.3607 ms
-    assert bench_layer.roofline_floor_ms(flops, nbytes, 989.0, 3350.0) == \
-        pytest.approx(nbytes / 3350e9 * 1e3)
-    assert bench_layer.roofline_floor_ms(1e12, 1.0, 1.0, 1.0) == pytest.approx(1e3)
-    g = bench_layer.gemm_costs(64, 2048, 768, 8, 128)
-    assert sum(f for f, _ in g.values()) == flops
-
-
-def test_benchmark_on_cpu_says_it_needs_a_gpu(capsys):
-    if device.gpu_status()[0]:
-        pytest.skip("a GPU is present: the benchmark would run for minutes")
-    from moe_tutorial import bench_layer
-    assert bench_layer.main([]) == 0
-    assert "needs a GPU" in capsys.readouterr().out
+@pytest.mark.gpu
+def test_captured_layer_with_precomputed_routing_and_grouped_router():
+    import cupy as cp
+    p = presets.CPU_PRESETS["deepseek_v3"]
+    prob = presets.make_problem(p, 8, xp=cp, seed=4)
+    x, w1, w2, logits = (prob[k] for k in ("hidden_states", "w1", "w2", "router_logits"))
+    kw = dict(e_score_correction_bias=prob["e_score_correction_bias"], **p.router_kwargs())
+    captured = layer.capture(x, w1, w2, logits, p.top_k, fused_swiglu=True, **kw)
+    _assert_close(captured.out, ref.moe_forward(x, w1, w2, logits, p.top_k, **kw), "float16")
+    weights, ids = ref.topk_softmax(logits, p.top_k, renormalize=True)
+    w32, ids32 = cp.asarray(weights.astype(np.float32)), cp.asarray(ids)
+    given = layer.capture(x, w1, w2, None, p.top_k, topk_weights=w32, topk_ids=ids32)
+    ids2 = cp.asarray(np.roll(device.to_numpy(ids), 1, axis=1))
+    out = given(x, topk_weights=w32, topk_ids=ids2)
+    want = ref.moe_forward(x, w1, w2, None, p.top_k, topk_weights=weights,
+                           topk_ids=device.to_numpy(ids2))
+    _assert_close(out, want, "float16")
+    with pytest.raises(ValueError, match="router_logits was not an input"):
+        given(x, logits)
