@@ -325,17 +325,6 @@ def align_scatter_kernel(flat_ids, expert_map, table,
 _FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
 
 
-def _launch(xp, grid, kernel, args):
-    """``device.launch`` for a wrapper that already knows its array module: CuPy arrays go
-    straight to ``ct.launch`` on the current stream (skipping device.launch's per-argument
-    device checks, which cost more host time than the launch itself), NumPy arrays to the
-    emulator."""
-    if xp is np:
-        launch(grid, kernel, args)
-    else:
-        ct.launch(xp.cuda.get_current_stream(), grid, kernel, args)
-
-
 def _check_logits(logits, k, validate):
     """Checks ``logits`` and ``k``; returns ``(xp, k)``."""
     if not hasattr(logits, "shape") or not hasattr(logits, "dtype"):
@@ -395,7 +384,7 @@ def topk_softmax(logits, k, *, renormalize=False, validate=True):
         return weights, ids
     e_pad = next_power_of_2(num_experts)
     tile_t, blocks = _router_grid(num_tokens, e_pad, ROUTER_TILE_ELEMS)
-    _launch(xp, (blocks,), topk_softmax_kernel,
+    launch((blocks,), topk_softmax_kernel,
             (logits, weights, ids, k, bool(renormalize), tile_t, e_pad, next_power_of_2(k)))
     return weights, ids
 
@@ -429,7 +418,7 @@ def grouped_topk(logits, k, *, n_group, topk_group, e_score_correction_bias=None
     has_bias = bias is not None
     if not has_bias:
         bias = xp.zeros((1,), dtype=xp.float32)       # never read
-    _launch(xp, (blocks,), grouped_topk_kernel,
+    launch((blocks,), grouped_topk_kernel,
             (logits, bias, weights, ids, float(routed_scaling_factor), k, n_group, group_size,
              topk_group, has_bias, bool(renormalize), tile_t, g_pad, s_pad, next_power_of_2(k)))
     return weights, ids
@@ -645,7 +634,7 @@ def align(topk_ids, num_experts, tile_m, *, expert_map=None, validate=True):
                                        validate=validate)
     xp = array_module(outputs[0])
     for _, grid, kernel, args in launches:
-        _launch(xp, grid, kernel, args)
+        launch(grid, kernel, args)
     return outputs
 
 
