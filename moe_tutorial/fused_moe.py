@@ -523,6 +523,12 @@ def gemm_launch(a, w, out, weights, sorted_token_ids, expert_ids, *, top_k: int,
                 bool(mul_routed_weight), cfg.tile_m, cfg.tile_n, cfg.tile_k, cfg.group_size_m,
                 cfg.transpose_b, cfg.latency)
         n = w.shape[1]
+    if base in (fused_moe_kernel_int64, fused_moe_swiglu_kernel_int64) and (cfg.num_ctas or 1) > 1:
+        # Seen twice on an H100 80GB HBM3 (cuda-tile 1.7, tileiras 13.4): DeepSeek-V3's GEMM2
+        # (int64 kernel) with num_ctas=2 raised "an illegal memory access", which poisons the
+        # CUDA context. Clusters on the int32 kernel ran correctly (Mixtral prefill, tests).
+        raise ValueError(f"config.num_ctas={cfg.num_ctas} is refused for weights that need 64-bit "
+                         "indexing (it faulted on an H100); use num_ctas=None or 1")
     return (num_m * ct.cdiv(n, cfg.tile_n),), hinted(base, cfg.occupancy, cfg.num_ctas), args
 
 

@@ -278,6 +278,23 @@ def test_wrapper_picks_the_kernel_by_weight_size(monkeypatch):
     assert launched == [fm.fused_moe_kernel, fm.fused_moe_kernel_int64]
 
 
+def test_clusters_are_refused_for_int64_weights(monkeypatch):
+    """num_ctas > 1 with the int64 kernel faulted on an H100; the wrapper refuses it before
+    launching, naming the argument, and still accepts it for normal weights."""
+    launched = []
+    monkeypatch.setattr(fm.device, "launch", lambda grid, kernel, args: launched.append(kernel))
+    a = np.zeros((4, 8), np.float16)
+    base = np.zeros((2, 16, 8), np.float16)
+    huge = np.lib.stride_tricks.as_strided(base, shape=(2, 16, 8), strides=(2**31 * 2, 16, 2))
+    ids, experts = np.full(16, 8, np.int32), np.zeros(1, np.int32)
+    cfg = fm.TileConfig(16, 16, 16, num_ctas=2)
+    with pytest.raises(ValueError, match="num_ctas=2 is refused .* 64-bit"):
+        fm.fused_moe_matmul(a, huge, ids, experts, top_k=2, config=cfg, validate=False)
+    assert launched == []
+    fm.fused_moe_matmul(a, base, ids, experts, top_k=2, config=cfg, validate=False)
+    assert len(launched) == 1
+
+
 def test_sass_instruction_count_reads_the_text_section():
     """The helper notebook 03 uses to compare the two ways of loading B: it finds the
     kernel's .text section in the cubin (16-byte instructions on sm_70+)."""
