@@ -290,12 +290,18 @@ _ROUNDING_NAME = {"sum": "add", "prod": "mul", "max": "max", "min": "min", "cums
                   "cumprod": "mul"}
 
 
-def _reduce(name, x, axis, keepdims, fn, rounding_mode=None, flush_to_zero=False):
+def _accumulation_input(name, x, rounding_mode, flush_to_zero):
+    """The tile a reduction or scan accumulates (bool counts as int32) and its dtype."""
     x = _tile_arg(x, f"ct.{name}")
     dtype = x.dtype
     if D.is_boolean(dtype):
         x, dtype = astype(x, ct.int32), ct.int32
     check_rounding(_ROUNDING_NAME[name], rounding_mode, flush_to_zero, dtype)
+    return x, dtype
+
+
+def _reduce(name, x, axis, keepdims, fn, rounding_mode=None, flush_to_zero=False):
+    x, dtype = _accumulation_input(name, x, rounding_mode, flush_to_zero)
     axes = _axes(axis, x.ndim, f"ct.{name} axis")
     data = x._data.astype(D.compute(dtype), copy=False)
     r = fn(data, axes)
@@ -370,11 +376,7 @@ def argmin(x, /, axis=None, *, keepdims=False, propagate_nan=False):
 
 
 def _scan(name, x, axis, reverse, fn, rounding_mode=None, flush_to_zero=False):
-    x = _tile_arg(x, f"ct.{name}")
-    dtype = x.dtype
-    if D.is_boolean(dtype):
-        x, dtype = astype(x, ct.int32), ct.int32
-    check_rounding(_ROUNDING_NAME[name], rounding_mode, flush_to_zero, dtype)
+    x, dtype = _accumulation_input(name, x, rounding_mode, flush_to_zero)
     ax = normalize_axis(axis, x.ndim, f"ct.{name} axis")
     data = x._data.astype(D.compute(dtype), copy=False)
     if reverse:
