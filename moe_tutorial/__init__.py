@@ -24,7 +24,8 @@ from .activation import silu_and_mul, silu_and_mul_reference
 
 # Notebooks 03-04: the fused gather/scatter matmul and the whole layer.
 from . import fused_moe, layer, presets, reference
-from .fused_moe import TileConfig, default_tile_config, fused_moe_matmul, moe_sum
+from .fused_moe import (LayerConfig, TileConfig, default_tile_config, fused_moe_matmul, moe_sum,
+                        permute_rows)
 from .layer import moe_forward
 
 __all__ = ["device", "emulator", "array_module", "backend", "describe", "get_xp", "gpu_status",
@@ -34,7 +35,7 @@ __all__ = ["device", "emulator", "array_module", "backend", "describe", "get_xp"
            "topk_softmax", "topk_softmax_reference",
            "activation", "silu_and_mul", "silu_and_mul_reference",
            "fused_moe", "layer", "presets", "reference", "TileConfig", "default_tile_config",
-           "fused_moe_matmul", "moe_sum", "moe_forward"]
+           "LayerConfig", "fused_moe_matmul", "moe_sum", "permute_rows", "moe_forward"]
 
 
 def __getattr__(name):

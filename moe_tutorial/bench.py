@@ -17,10 +17,12 @@ others) it
    CUDA graph per step -- the device time of every kernel of our best variant, which says
    what limits a shape that misses.
 
-Our variants: ``default`` (issue 5: default tile rule, GEMM1 + silu_and_mul), ``tuned`` (this
-GPU's table, ``moe_tutorial/configs``), ``fused`` (tuned + SwiGLU epilogue), ``fused_tb`` (B
-loaded as stored + ``ct.transpose`` instead of ``order=``), ``graph_fused`` / ``graph`` (the
-fused / unfused layer replayed from a CUDA graph). Peers: ``sample_e2e`` (cuTile sample
+Our variants: ``gather`` (notebook 04's layer: default tile rule, rows gathered and scattered
+inside the GEMMs, GEMM1 + silu_and_mul), ``default`` (the same tiles, rows permuted once into
+slot order so the GEMMs load and store tiles: ``LayerConfig.sorted_rows``), ``tuned`` (this
+GPU's table, ``moe_tutorial/configs``), ``fused`` (tuned + SwiGLU epilogue), ``fused_tb`` (B loaded as stored + ``ct.transpose`` instead of
+``order=``), ``graph_fused`` / ``graph`` (the fused / unfused layer replayed from a CUDA
+graph). Peers: ``sample_e2e`` (cuTile sample
 structure: host alignment + kernels with its 128x128x64 tiles), ``sample_kernels`` (the same,
 alignment excluded), ``cupy_loop`` (per-expert CuPy/cuBLAS loop), ``torch`` (``torch._grouped_mm``
 layer in bfloat16, its fast path; only if torch imports). Our variants include the router and
@@ -64,7 +66,8 @@ LABELS = {
     "graph_fused": "ours: fused SwiGLU, CUDA graph",
     "fused": "ours: tuned + fused SwiGLU (eager)",
     "tuned": "ours: tuned tiles, unfused (eager)",
-    "default": "ours: issue-5 default tiles, unfused (eager)",
+    "gather": "ours: notebook-04 layer, rows gathered in the GEMMs (eager)",
+    "default": "ours: default tiles, rows in slot order (eager)",
     "graph": "ours: tuned unfused, CUDA graph",
     "fused_tb": "ours: fused, B via load + ct.transpose (eager)",
     "sample_kernels": "sample-style kernels, alignment excluded",
@@ -72,7 +75,8 @@ LABELS = {
     "torch": "torch._grouped_mm layer (bf16, routing given)",
     "cupy_loop": "CuPy per-expert loop (routing given)",
 }
-OURS = ("graph_fused", "fused", "tuned", "default", "graph", "fused_tb")
+OURS = ("graph_fused", "fused", "tuned", "default", "graph", "gather", "fused_tb")
+FUSED = ("graph_fused", "fused", "fused_tb")     # variants with the SwiGLU epilogue
 PEERS = ("sample_kernels", "torch", "sample_e2e", "cupy_loop")
 
 
@@ -308,6 +312,8 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
         "default": lambda: (lambda: layer.moe_forward(*args, K, config=default, **kw)),
         "fused_tb": lambda: (lambda: layer.moe_forward(
             *args, K, config=fused.replace(transpose_b=True), fused_swiglu=True, **kw)),
+        "gather": lambda: (lambda: layer.moe_forward(
+            *args, K, config=default.replace(sorted_rows=False), **kw)),
         "sample_kernels": lambda: (lambda: layer.moe_forward_aligned(
             args[0], args[1], args[2], weights, ids, *sample_aligned(), config=sample_cfg)),
         "sample_e2e": lambda: (lambda: layer.moe_forward_host_aligned(
@@ -316,7 +322,7 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
                                                                     weights, ids)),
     }
     if warm_only:
-        for key in ("fused", "tuned", "default", "fused_tb", "sample_kernels"):
+        for key in ("fused", "tuned", "default", "gather", "fused_tb", "sample_kernels"):
             try:
                 makers[key]()()
             except Exception:  # noqa: BLE001 - the timing run reports it
@@ -369,7 +375,7 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
         log(_format_variant(key, row["variants"][key], flops, nbytes, floor))
 
     order = ["graph_fused", "fused", "sample_kernels", "torch", "tuned", "default",
-             "sample_e2e", "cupy_loop", "fused_tb", "graph"]
+             "gather", "sample_e2e", "cupy_loop", "fused_tb", "graph"]
     for key in order:
         optional = key in ("sample_e2e", "cupy_loop", "fused_tb", "graph")
         if key in PEERS and not peers:
@@ -414,9 +420,10 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
     if best is not None and not budget.spent(0.95):
         try:
             config = {"graph_fused": fused, "fused": fused, "graph": tuned, "tuned": tuned,
-                      "default": default, "fused_tb": fused.replace(transpose_b=True)}[best]
+                      "default": default, "fused_tb": fused.replace(transpose_b=True),
+                      "gather": default.replace(sorted_rows=False)}[best]
             cl = layer.capture(*args, K, config=config, split_steps=True,
-                               fused_swiglu=best in ("graph_fused", "fused", "fused_tb"), **kw)
+                               fused_swiglu=best in FUSED, **kw)
             row["steps_us"] = {name: time_graphs_ms([g], cl.stream) * 1e3
                                for name, g in zip(cl.step_names, cl.graphs)}
             row["steps_of"] = best
@@ -519,7 +526,7 @@ def limits(row, ceilings) -> str:
     if steps:
         total = sum(steps.values())
         T, H, E, I, K = row["dims"]
-        fused = row.get("steps_of") in ("graph_fused", "fused", "fused_tb")
+        fused = row.get("steps_of") in FUSED
         costs = gemm_costs(T, H, I, K, row["experts_used"], fused_swiglu=fused)
         for name, us in steps.items():
             s = f"{name} {us:.1f} us ({100 * us / total:.0f}%)"
@@ -538,22 +545,42 @@ def limits(row, ceilings) -> str:
 # Parallel compilation (worker processes warm cuTile's disk cache)
 # ---------------------------------------------------------------------------------------------
 
+WARM_GPU_BYTES = 60e9      # GPU memory the tuner's warm-up workers may fill with problems
+
+
+def warm_parts(kind: str, shapes, jobs: int) -> list[tuple]:
+    """``(shape, part, parts)`` work items: with more jobs than shapes, the tuner's candidates
+    of a shape are split over several workers -- as many as their copies of the layer's
+    weights fit in ``WARM_GPU_BYTES``."""
+    if kind != "tune" or jobs <= len(shapes):
+        return [(s, 0, 1) for s in shapes]
+    items = []
+    for s in shapes:
+        T, H, E, I, K = s.dims
+        fit = max(1, int(WARM_GPU_BYTES // (3 * E * H * I * 2)))
+        parts = max(1, min(jobs // len(shapes), fit))
+        items += [(s, i, parts) for i in range(parts)]
+    return items
+
+
 def warm_in_parallel(kind: str, shapes, jobs: int, timeout_s: float, log=_print) -> None:
-    """Run ``python -m moe_tutorial.bench --_warm KIND --shape ...`` for every shape, ``jobs``
-    at a time, so their kernels compile in parallel; kill what is still running after
-    ``timeout_s`` (the main process then compiles the rest itself)."""
+    """Run ``python -m moe_tutorial.bench --_warm KIND --shape ...`` for every shape (or part
+    of a shape's tuning candidates, ``warm_parts``), ``jobs`` at a time, so their kernels
+    compile in parallel; kill what is still running after ``timeout_s`` (the main process
+    then compiles the rest itself)."""
     if jobs <= 0 or not shapes:
         return
     t0 = time.time()
     logdir = tempfile.mkdtemp(prefix="moe_bench_warm_")
-    queue, running, failed = list(shapes), {}, []
+    queue, running, failed = warm_parts(kind, shapes, jobs), {}, []
     while queue or running:
         while queue and len(running) < jobs:
-            shape = queue.pop(0)
+            shape, part, parts = queue.pop(0)
             spec = ",".join(str(v) for v in shape.dims)
-            out = open(os.path.join(logdir, spec.replace(",", "_") + ".log"), "w")
+            out = open(os.path.join(logdir, f"{spec.replace(',', '_')}_{part}.log"), "w")
             proc = subprocess.Popen([sys.executable, "-m", "moe_tutorial.bench", "--_warm", kind,
-                                     "--shape", spec], stdout=out, stderr=subprocess.STDOUT,
+                                     "--shape", spec, "--_part", f"{part}/{parts}"],
+                                    stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
             running[proc] = (shape, out)
         for proc in list(running):
@@ -571,7 +598,7 @@ def warm_in_parallel(kind: str, shapes, jobs: int, timeout_s: float, log=_print)
                 proc.wait()
                 out.close()
                 failed.append((shape.name, "timeout", out.name))
-            log(f"warm-up: stopped after {timeout_s:.0f} s; {len(queue)} shapes not started")
+            log(f"warm-up: stopped after {timeout_s:.0f} s; {len(queue)} jobs not started")
             break
         time.sleep(0.2)
     log(f"warm-up: compiled kernels for {len(shapes)} shapes in {time.time() - t0:.0f} s "
@@ -736,6 +763,7 @@ def main(argv=None) -> int:
                         help="with --tune: where to write the config table (default: "
                              "moe_tutorial/configs/<GPU name>.json)")
     parser.add_argument("--_warm", choices=["bench", "tune"], help=argparse.SUPPRESS)
+    parser.add_argument("--_part", default="0/1", help=argparse.SUPPRESS)
     a = parser.parse_args(argv)
     ok, why = device.gpu_status()
     if not ok:
@@ -749,7 +777,8 @@ def main(argv=None) -> int:
     if a._warm:                      # a worker of warm_in_parallel
         for shape in shapes:
             if a._warm == "tune":
-                tuning.warm_shape(shape)
+                part, parts = (int(v) for v in a._part.split("/"))
+                tuning.warm_shape(shape, part, parts)
             else:
                 bench_shape(shape, warm_only=True)
         return 0

@@ -1053,3 +1053,62 @@ def moe_intermediate_bytes(fn, *, trials: int = 5) -> bool:
                        hint="rows = T*K; unfused: write 2I + read 2I (silu_and_mul) + write I + "
                             "read I (GEMM2) per row; fused: write I + read I; times "
                             "bytes_per_element.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 05 (continued): slot order -- where did each replica go?
+# ---------------------------------------------------------------------------------------------
+
+def moe_slot_positions(kernel, *, tile_m: int = 8, trials: int = 4) -> bool:
+    """Exercise (notebook 05): ``kernel(sorted_token_ids, positions, TILE_M)`` inverts the
+    alignment: for every slot ``p`` that holds a replica ``r = sorted_token_ids[p]`` (not the
+    sentinel ``T*K``), ``positions[r] = p``. ``positions`` is (T*K,) int32; grid
+    ``(len(sorted_token_ids) // TILE_M,)``, one block per TILE_M slots. Replicas dropped by the
+    routing (id -1) appear in no slot; their entries are not checked."""
+    problem = _kernel_problem(kernel)
+    if problem:
+        return _report("moe_slot_positions", False, problem)
+    from . import reference
+    xp, rng = _xp(), _rng()
+    cases = [(6, 2, 4, 0.0), (9, 3, 5, 0.2), (1, 1, 3, 0.0)]
+    while len(cases) < trials:
+        cases.append((int(rng.integers(1, 40)), int(rng.integers(1, 4)),
+                      int(rng.integers(4, 12)), 0.1))
+    cases = cases[:max(trials, 1)]
+
+    def trial(i):
+        T, K, E, drop = cases[i]
+        ids = np.stack([rng.permutation(E)[:K] for _ in range(T)]).astype(np.int32)
+        ids[rng.random((T, K)) < drop] = -1                  # a few replicas routed nowhere
+        sorted_ids, _, _ = reference.align(ids, E, tile_m)
+        R = T * K
+        positions = _poisoned(xp, (R,), np.int32)
+        grid = (len(sorted_ids) // tile_m,)
+        _, error = _attempt(device.launch, grid, kernel,
+                            (xp.asarray(sorted_ids), positions, tile_m))
+        if error:
+            return False, error
+        slots = np.flatnonzero(sorted_ids < R)
+        placed = sorted_ids[slots]                            # replica of each used slot
+        got = device.to_numpy(positions)
+        want = got.copy()
+        want[placed] = slots                                  # only placed replicas are checked
+        ok, message = _compare(got, want, what=f"positions (T={T}, K={K}, E={E}, "
+                                               f"TILE_M={tile_m})")
+        if not ok:
+            known = {"the replica ids themselves (positions[r] = r): store the slot p, not "
+                     "the replica": placed,
+                     "the slot inside its block only (p % TILE_M): add ct.bid(0) * TILE_M":
+                     slots % tile_m,
+                     "the block index (p // TILE_M) instead of the slot": slots // tile_m}
+            why = next((n for n, v in known.items() if np.array_equal(got[placed], v)), None)
+            if why:
+                message += f"; the placed entries hold {why}"
+        return ok, message
+
+    return _run_trials("moe_slot_positions", len(cases), trial, what="random routings",
+                       hint="replicas = ct.load(sorted_token_ids, (ct.bid(0),), shape=(TILE_M,)); "
+                            "slots = ct.bid(0) * TILE_M + ct.arange(TILE_M, dtype=ct.int32); "
+                            "ct.scatter(positions, replicas, slots, mask=replicas < "
+                            "positions.shape[0]) -- the sentinel T*K is out of range and must "
+                            "not be stored.")

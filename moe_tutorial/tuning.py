@@ -15,6 +15,7 @@ Table format (``format`` 1)::
     {"format": 1, "gpu": "NVIDIA H100 80GB HBM3", "dtype": "float16", "cuda_tile": "1.7.0",
      "created": "...", "command": "python -m moe_tutorial.bench --tune ...",
      "entries": [{"shape": {"T": 64, "H": 2048, "E": 128, "I": 768, "K": 8},
+                  "sorted_rows": true,
                   "gemm1": {TileConfig fields}, "gemm1_swiglu": {...}, "gemm2": {...},
                   "us": {"gemm1_swiglu": ..., "gemm2": ...},
                   "sweep": [{"gemm": "gemm2", "config": {...}, "us": 123.4} or
@@ -39,6 +40,10 @@ Every candidate is a fresh compile (2-6 s with tileiras): ``python -m moe_tutori
 compiles them in parallel worker processes first (``warm_shape``; cuTile's on-disk cache then
 serves the timing process). The chosen configs are checked against the float64 reference
 before they are written.
+
+The search runs the layer's slot-order path (``LayerConfig.sorted_rows``, the default): the
+GEMMs load A as rectangular tiles from ``permute_rows``' copy. Entries say so
+(``"sorted_rows": true``); an entry without the key is for the gather/scatter layer.
 """
 from __future__ import annotations
 
@@ -123,9 +128,10 @@ def validate_table(table) -> list[dict]:
             cfg = {g: config_from_dict(e[g]) for g in GEMMS if g in e}
             if "gemm2" not in cfg or len(cfg) < 2:
                 raise ValueError("needs gemm2 and gemm1 and/or gemm1_swiglu")
+            sorted_rows = e.get("sorted_rows", False)
             for g in ("gemm1", "gemm1_swiglu"):
                 if g in cfg:
-                    LayerConfig(cfg[g], cfg["gemm2"])   # raises if the tile_m differ
+                    LayerConfig(cfg[g], cfg["gemm2"], sorted_rows)  # raises: tile_m, bool
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"entry {i}: {exc}") from None
         parsed.append({**e, "shape": shape, "cfg": cfg})
@@ -201,7 +207,8 @@ def lookup(num_tokens: int, hidden: int, num_experts: int, intermediate: int, to
             best, best_dist = e, dist
     if best is None:
         return None
-    return LayerConfig(best["cfg"][gemm1], best["cfg"]["gemm2"])
+    return LayerConfig(best["cfg"][gemm1], best["cfg"]["gemm2"],
+                       best.get("sorted_rows", False))
 
 
 def write_table(path, gpu: str, entries: list[dict], *, command: str = "") -> None:
@@ -238,8 +245,13 @@ MEMORY_BOUND = (   # big blocks, few tokens per expert: stream the weights
 COMPUTE_BOUND = (  # many tokens per expert: big output tiles, clusters
     (128, 64, {}), (256, 64, {}), (128, 128, {}), (64, 64, {}),
     (128, 64, {"num_ctas": 2}), (256, 64, {"num_ctas": 2}), (128, 64, {"occupancy": 1}),
+    (256, 64, {"occupancy": 1}),
 )
-COMPUTE_BOUND_PER_EXPERT = 64   # tokens per expert from which a GEMM is compute-bound
+# Tokens per expert m: a GEMM does 2m FLOPs per 2-byte weight element, so it is memory-bound
+# below the ridge m ~ peak / bandwidth (H100: ~750 TFLOP/s / ~2.9 TB/s ~ 260) and compute-bound
+# well above it; near the ridge both lists are tried.
+MEMORY_BOUND_PER_EXPERT = 32    # fewer tokens per expert: MEMORY_BOUND only
+COMPUTE_BOUND_PER_EXPERT = 512  # this many or more: COMPUTE_BOUND only; between: both
 
 
 def _pow2_at_least(n: int) -> int:
@@ -257,7 +269,7 @@ def gemm_candidates(tile_m: int, n: int, kd: int, *, per_expert: float = 1.0,
                     swiglu: bool = False, dtype="float16") -> list[TileConfig]:
     """Candidate TileConfigs for one GEMM of output width ``n`` and depth ``kd``: the default
     rule's tiles first, then the class list (``SMALL_M`` for tile_m < 64, else memory- or
-    compute-bound by the tokens per expert), tiles clamped to the problem (none wider than the
+    compute-bound by the tokens per expert, or both near the ridge), tiles clamped to the problem (none wider than the
     next power of two of ``n`` / ``kd``), duplicates dropped. The SwiGLU GEMM halves
     ``tile_n``: its two accumulators then hold as much as one of the unfused GEMM, and a block
     reads the same weight rows (tile_n gate + tile_n up)."""
@@ -265,7 +277,9 @@ def gemm_candidates(tile_m: int, n: int, kd: int, *, per_expert: float = 1.0,
     if tile_m < 64:
         space = SMALL_M
     else:
-        space = COMPUTE_BOUND if per_expert >= COMPUTE_BOUND_PER_EXPERT else MEMORY_BOUND
+        space = (MEMORY_BOUND if per_expert < MEMORY_BOUND_PER_EXPERT else
+                 COMPUTE_BOUND if per_expert >= COMPUTE_BOUND_PER_EXPERT else
+                 MEMORY_BOUND + COMPUTE_BOUND)
     max_n, max_k = max(16, _pow2_at_least(n)), max(16, _pow2_at_least(kd))
     out = []
     for tn, tk, extra in ((rule_n, rule_k, {}), *space):
@@ -292,9 +306,11 @@ class GemmProblem:
     """One expert GEMM of a layer, ready to launch with any TileConfig of the given tile_m:
     the arguments ``fused_moe.gemm_launch`` takes, with the alignment for that tile_m."""
 
-    def __init__(self, kind: str, prob: dict, routing_out: tuple, act, tile_m: int):
+    def __init__(self, kind: str, prob: dict, routing_out: tuple, act, tile_m: int,
+                 sorted_rows: bool = True):
         from . import routing
-        self.kind = kind
+        from .fused_moe import permute_rows
+        self.kind, self.sorted_rows = kind, sorted_rows
         weights, ids = routing_out
         x, w1, w2 = prob["hidden_states"], prob["w1"], prob["w2"]
         E = w1.shape[0]
@@ -306,15 +322,18 @@ class GemmProblem:
             self.a, self.w, self.top_k, self.n = act, w2, 1, w2.shape[1]
             self.weights, self.mul = weights.reshape(-1), True
         else:
-            self.a, self.w, self.top_k, self.weights, self.mul = x, w1, K, None, False
+            a = permute_rows(x, self.sorted_ids, self.expert_ids, K)[0] if sorted_rows else x
+            self.a, self.w, self.top_k, self.weights, self.mul = a, w1, K, None, False
             self.n = I if kind == "gemm1_swiglu" else 2 * I
-        self.out = xp.empty((T * K, self.n), dtype=x.dtype)
+        rows = self.sorted_ids.shape[0] if sorted_rows else T * K
+        self.out = xp.empty((rows, self.n), dtype=x.dtype)
 
     def launch_parts(self, cfg: TileConfig):
         from .fused_moe import gemm_launch
         return gemm_launch(self.a, self.w, self.out, self.weights, self.sorted_ids,
                            self.expert_ids, top_k=self.top_k, mul_routed_weight=self.mul,
-                           swiglu=self.kind == "gemm1_swiglu", config=cfg)
+                           swiglu=self.kind == "gemm1_swiglu", config=cfg,
+                           sorted_rows=self.sorted_rows)
 
 
 def _cupy():
@@ -331,6 +350,16 @@ def search(problem: GemmProblem, candidates: list[TileConfig]) -> dict:
     cp = _cupy()
     stream = cp.cuda.get_current_stream()
     results = []
+    runnable = []
+    for c in candidates:           # configs the wrapper refuses (ValueError) are reported, and
+        try:                       # kept away from exhaustive_search, which would stop at them
+            problem.launch_parts(c)
+            runnable.append(c)
+        except ValueError as exc:
+            results.append((c, None, f"ValueError: {str(exc).splitlines()[0]}"[:200]))
+    candidates = runnable
+    if not candidates:
+        return {"results": results, "best": None}
     try:
         res = ct.tune.exhaustive_search(
             candidates, stream,
@@ -338,13 +367,12 @@ def search(problem: GemmProblem, candidates: list[TileConfig]) -> dict:
             kernel=lambda c: problem.launch_parts(c)[1],
             args_fn=lambda c: problem.launch_parts(c)[2],
             quiet=True)
-        results = [(m.config, float(m.mean_us), None) for m in res.successes]
+        results += [(m.config, float(m.mean_us), None) for m in res.successes]
         results += [(c, None, f"{t.__name__}: {msg.splitlines()[0] if msg else ''}"[:200])
                     for c, t, msg in res.failures]
     except Exception as exc:  # noqa: BLE001 - e.g. "No valid config found": try the fallback
         print(f"    cuda.tile.tune failed ({type(exc).__name__}: {str(exc)[:160]}); timing "
               f"with cupyx.profiler.benchmark instead", flush=True)
-        results = []
         for c in candidates:
             results.append(_time_fallback(problem, c))
     ok = [(c, us) for c, us, err in results if us is not None]
@@ -402,20 +430,24 @@ def _per_expert(shape) -> float:
     return T * K / E
 
 
-def warm_shape(shape) -> int:
-    """Compile (launch once) every candidate ``tune_shape`` will time, errors ignored: run in
-    parallel worker processes so the timing process finds them in cuTile's disk cache.
-    Returns the number of candidates that launched."""
+def warm_shape(shape, part: int = 0, parts: int = 1) -> int:
+    """Compile (launch once) every candidate ``tune_shape`` will time -- or, with ``parts`` >
+    1, every ``parts``-th one starting at ``part`` --, errors ignored: run in parallel worker
+    processes so the timing process finds them in cuTile's disk cache. Returns the number of
+    candidates that launched."""
     from . import device
     prob, r = shape_problem(shape)
     H, I = prob["w1"].shape[2], prob["w2"].shape[2]
-    launched = 0
+    launched, index = 0, 0
     for tile_m in tile_m_choices(shape.tokens, shape.preset.top_k, shape.preset.experts):
         act = gemm2_input(prob, r, tile_m)
         for kind, n, kd in (("gemm1_swiglu", I, H), ("gemm2", H, I)):
             g = GemmProblem(kind, prob, r, act, tile_m)
             for cfg in gemm_candidates(tile_m, n, kd, per_expert=_per_expert(shape),
                                        swiglu=kind == "gemm1_swiglu"):
+                index += 1
+                if (index - 1) % parts != part:
+                    continue
                 try:
                     device.launch(*g.launch_parts(cfg))
                     launched += 1
@@ -457,6 +489,7 @@ def tune_shape(shape, *, deadline: float | None = None, log=print) -> dict:
     _, tile_m, found = min(pairs, key=lambda t: t[0])
     best1 = found["gemm1_swiglu"]["best"]
     entry = {"shape": {"T": shape.tokens, "H": H, "E": p.experts, "I": I, "K": p.top_k},
+             "sorted_rows": True,
              "gemm1_swiglu": config_to_dict(best1),
              "gemm2": config_to_dict(found["gemm2"]["best"]),
              "gemm1": config_to_dict(unfused_from_swiglu(best1, 2 * I)),
@@ -472,7 +505,7 @@ def tune_shape(shape, *, deadline: float | None = None, log=print) -> dict:
         g1_name = "gemm1_swiglu" if fused else "gemm1"
         if g1_name not in parsed:
             continue
-        cfg = LayerConfig(parsed[g1_name], parsed["gemm2"])
+        cfg = LayerConfig(parsed[g1_name], parsed["gemm2"], True)
         got = layer.moe_forward(*args, p.top_k, config=cfg, fused_swiglu=fused, **kw)
         err = reference.relative_error(got[:n], want)
         if not err <= 3e-3:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from moe_tutorial import bench, device, layer, presets
+from moe_tutorial.fused_moe import LayerConfig, TileConfig
 
 
 def test_roofline_floor_arithmetic():
@@ -154,13 +155,26 @@ def test_bench_shape_on_a_small_layer():
     out = []
     row = bench.bench_shape(shape, (bw, peak), log=out.append)
     assert set(row["variants"]) == set(bench.OURS) | set(bench.PEERS)
-    for key in ("graph_fused", "fused", "default", "fused_tb", "sample_kernels", "sample_e2e",
-                "cupy_loop"):
+    for key in ("graph_fused", "fused", "default", "gather", "fused_tb", "sample_kernels",
+                "sample_e2e", "cupy_loop"):
         assert row["variants"][key]["ok"], (key, row["variants"][key])
     assert row["verdict"]["best"] in bench.OURS
+    gather = row["steps_of"] == "gather"
     assert set(row["steps_us"]) == {n for n, _ in layer.plan_layer(
         cp.zeros((1, 256), cp.float16), cp.zeros((8, 256, 256), cp.float16),
         cp.zeros((8, 256, 128), cp.float16), cp.zeros((1, 8), cp.float32), 2,
-        fused_swiglu=row["steps_of"] in ("graph_fused", "fused", "fused_tb")).steps}
+        config=LayerConfig(TileConfig(), TileConfig(), sorted_rows=not gather),
+        fused_swiglu=row["steps_of"] in bench.FUSED).steps}
     assert any("floor" in line for line in out)
     assert np.isfinite(row["floor_ms"]) and row["floor_ms"] > 0
+
+
+def test_warm_parts_split_a_shapes_candidates_as_memory_allows():
+    """The tuner's warm-up splits one shape's candidates over the jobs, but never more copies
+    of the weights than fit in WARM_GPU_BYTES (DeepSeek-V3's 22.5 GB: 2)."""
+    small = presets.shape_from_spec("24,256,8,128,2")
+    deepseek = [s for s in presets.BENCH_SHAPES if s.name == "deepseek_v3 prefill"][0]
+    assert bench.warm_parts("tune", [small], 6) == [(small, i, 6) for i in range(6)]
+    assert bench.warm_parts("tune", [deepseek], 6) == [(deepseek, 0, 2), (deepseek, 1, 2)]
+    assert bench.warm_parts("tune", [small, deepseek], 2) == [(small, 0, 1), (deepseek, 0, 1)]
+    assert bench.warm_parts("bench", [small], 6) == [(small, 0, 1)]

@@ -1,5 +1,10 @@
 """The fused gather/scatter MoE matmul against the float64 reference.
 
+These tests pin the replica-order layout (``fused_moe_matmul``'s default ``sorted_rows=False``:
+A gathered row by row, C scattered); the slot-order path that the layer uses by default
+(``sorted_rows=True``, ``permute_rows``, ``moe_sum(positions=...)``) is tested in
+test_sorted_rows.py with the same tolerances.
+
 Every test runs on the ``xp`` fixture: NumPy + the CPU emulator here, CuPy + ``ct.launch`` under
 ``pytest -m gpu``. Outputs are poisoned with NaN first, so rows the kernel must not touch (dropped
 replicas) and rows it forgot are both caught.
@@ -200,6 +205,8 @@ def test_swizzle_is_a_grouped_bijection():
     (dict(top_k=0), "top_k must be a positive int"),
     (dict(weights=None), "needs topk_weights"),
     (dict(out_shape=(3, 4)), "out must be"),
+    (dict(sorted_rows=True), r"sorted_rows=True, a must have one row per slot .*\(16\)"),
+    (dict(sorted_rows="yes"), "sorted_rows must be a bool"),
 ])
 def test_bad_input_is_refused_with_a_clear_error(bad, match):
     a = np.zeros((4, 8), np.float32) if bad.get("a") != "1d" else np.zeros(8, np.float32)
@@ -212,6 +219,8 @@ def test_bad_input_is_refused_with_a_clear_error(bad, match):
         kwargs.update(mul_routed_weight=True, topk_weights=None)
     if "out_shape" in bad:
         kwargs["out"] = np.zeros(bad["out_shape"], np.float32)
+    if "sorted_rows" in bad:
+        kwargs["sorted_rows"] = bad["sorted_rows"]
     with pytest.raises((ValueError, TypeError), match=match):
         fm.fused_moe_matmul(a, w, sorted_ids, expert_ids, **kwargs)
 
@@ -442,6 +451,15 @@ def test_layer_config_pairs_two_gemm_configs():
         fm.LayerConfig(a, (16, 64, 64))
     with pytest.raises(TypeError, match="TileConfig or LayerConfig"):
         fm.LayerConfig.of((16, 64, 64))
+    # the layout: slot order by default; replace() sets it without touching the tiles, and
+    # tile changes keep it
+    assert cfg.sorted_rows and fm.LayerConfig.of(a).sorted_rows
+    gather = cfg.replace(sorted_rows=False)
+    assert not gather.sorted_rows and (gather.gemm1, gather.gemm2) == (a, b)
+    assert not gather.replace(transpose_b=True).sorted_rows
+    assert gather.replace(sorted_rows=True) == cfg
+    with pytest.raises(TypeError, match="sorted_rows must be a bool"):
+        fm.LayerConfig(a, b, 1)
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -15,7 +15,8 @@ G1, G1S, G2 = TileConfig(16, 64, 128), TileConfig(16, 32, 256, latency=10), \
 
 
 def _entry(T=64, gemm1=G1, gemm1_swiglu=G1S, gemm2=G2, **shape):
-    e = {"shape": {**SHAPE, "T": T, **shape}, "gemm2": tuning.config_to_dict(gemm2)}
+    e = {"shape": {**SHAPE, "T": T, **shape}, "sorted_rows": True,
+         "gemm2": tuning.config_to_dict(gemm2)}
     if gemm1 is not None:
         e["gemm1"] = tuning.config_to_dict(gemm1)
     if gemm1_swiglu is not None:
@@ -77,6 +78,19 @@ def test_lookup_exact_nearest_and_fallbacks(tmp_path):
     assert tuning.lookup(64, *dims, "float32", path=path) is None  # the table is float16
     assert tuning.lookup(64, 1024, 128, 768, 8, "float16", path=path) is None  # other H
     assert tuning.lookup(64, *dims, "float16", path=tmp_path / "missing.json") is None
+
+
+def test_lookup_carries_the_layout_of_the_entry(tmp_path):
+    """An entry tuned on the slot-order layer says so; one without the key was tuned for the
+    gather/scatter layer (the first H100 table); a bad value is rejected."""
+    old = _entry(T=64)
+    del old["sorted_rows"]
+    dims = (SHAPE["H"], SHAPE["E"], SHAPE["I"], SHAPE["K"])
+    for entry, want in ((_entry(T=64), True), (old, False)):
+        path = _write(tmp_path, [entry])
+        assert tuning.lookup(64, *dims, "float16", path=path) == LayerConfig(G1, G2, want)
+    with pytest.raises(ValueError, match="entry 0: LayerConfig.sorted_rows must be a bool"):
+        tuning.validate_table({"format": 1, "entries": [{**_entry(), "sorted_rows": "yes"}]})
 
 
 def test_lookup_needs_the_requested_gemm1_variant(tmp_path):
@@ -193,7 +207,8 @@ def test_committed_tables_are_valid(path):
         s = e["shape"]
         got = tuning.lookup(s["T"], s["H"], s["E"], s["I"], s["K"], "float16", path=path,
                             fused_swiglu=True)
-        assert got == LayerConfig(e["cfg"]["gemm1_swiglu"], e["cfg"]["gemm2"])
+        assert got == LayerConfig(e["cfg"]["gemm1_swiglu"], e["cfg"]["gemm2"],
+                                  e.get("sorted_rows", False))
 
 
 @pytest.mark.gpu
@@ -204,14 +219,24 @@ def test_search_times_candidates_with_cuda_tile_tune():
     from moe_tutorial import device, reference as ref
     shape = presets.shape_from_spec("32,256,8,128,2")
     prob, (weights, ids) = tuning.shape_problem(shape)
-    g = tuning.GemmProblem("gemm1_swiglu", prob, (weights, ids), None, 16)
-    cands = tuning.gemm_candidates(16, 128, 256, swiglu=True)[:3]
-    res = tuning.search(g, cands)
-    assert [c for c, _, _ in res["results"]] and res["best"] in cands
-    assert all((us is None) != (err is None) for _, us, err in res["results"])
-    device.launch(*g.launch_parts(res["best"]))
     h = ref.grouped_matmul(prob["hidden_states"], prob["w1"], ids, row_divisor=2)
     want = ref.silu_and_mul(h)
-    assert ref.relative_error(g.out, want) < 2e-3
+    for sorted_rows in (True, False):      # the layer's slot order (what is tuned), and not
+        g = tuning.GemmProblem("gemm1_swiglu", prob, (weights, ids), None, 16, sorted_rows)
+        cands = tuning.gemm_candidates(16, 128, 256, swiglu=True)[:3]
+        res = tuning.search(g, cands)
+        assert [c for c, _, _ in res["results"]] and res["best"] in cands
+        assert all((us is None) != (err is None) for _, us, err in res["results"])
+        g.out[...] = cp.nan
+        device.launch(*g.launch_parts(res["best"]))
+        got = g.out
+        if sorted_rows:                    # row of replica r: its slot in sorted_ids
+            s = g.sorted_ids.get()
+            slot = np.full(ids.size, -1)
+            placed = np.flatnonzero(s < ids.size)
+            slot[s[placed]] = placed
+            assert (slot >= 0).all()
+            got = got[cp.asarray(slot)]
+        assert ref.relative_error(got, want) < 2e-3
     del prob
     cp.get_default_memory_pool().free_all_blocks()
