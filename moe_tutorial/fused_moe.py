@@ -40,7 +40,7 @@ hint on the weight loads, which ``moe_tutorial.tuning`` autotunes per GPU, and t
 variant of every GEMM (``SORTED``; ``fused_moe_matmul(sorted_rows=True)``): ``permute_rows``
 first copies each replica's token row to its slot of the alignment, so A is read as rectangular
 ``ct.load`` tiles (TMA) and C written with ``ct.store`` -- on an H100 the prefill GEMMs ran
-2-3x faster than with row gathers and scatters; ``moe_sum(positions=...)`` reads the result
+2-4x faster than with row gathers and scatters; ``moe_sum(positions=...)`` reads the result
 back in token order.
 """
 from __future__ import annotations
@@ -80,7 +80,7 @@ def a_tile(A, pid_m, kt, a_rows, valid, TILE_M, TILE_K, SORTED):
     SORTED=False: row i is ``A[a_rows[i]]``, gathered row by row (``ct.gather``).
     SORTED=True: A already holds the rows in slot order (``permute_rows`` wrote them, or the
     previous GEMM did), so the tile is a plain rectangle: one ``ct.load``, which the compiler
-    can issue as a TMA bulk copy and pipeline -- on an H100 this made the prefill GEMMs 2-3x
+    can issue as a TMA bulk copy and pipeline -- on an H100 this made the prefill GEMMs 2-4x
     faster (notebook 05)."""
     if SORTED:
         return ct.load(A, (pid_m, kt), shape=(TILE_M, TILE_K), padding_mode=ct.PaddingMode.ZERO)
@@ -205,7 +205,7 @@ def fused_moe_swiglu_tile(A, W_gate, W_up, C, sorted_token_ids, expert_ids, ROW_
 
     ``W_gate`` and ``W_up`` are the two halves of ``w1 (E, 2I, Kd)`` (views, any strides), so
     the block's gate and up tiles cover the *same* output columns ``cols``: both products share
-    every gathered A tile, live in two float32 accumulators, and meet in the epilogue. C is
+    every A tile, live in two float32 accumulators, and meet in the epilogue. C is
     ``(T*K, I)`` -- the activation itself; the ``(T*K, 2I)`` gate|up intermediate is never
     written, and no separate ``silu_and_mul`` launch reads it back. SORTED: A and C in slot
     order, as in ``fused_moe_tile``."""
