@@ -254,21 +254,25 @@ def fused_moe_swiglu_kernel_int64(A, W_gate: ct.IndexedWithInt64, W_up: ct.Index
 @ct.kernel
 def permute_rows_kernel(X, sorted_token_ids, expert_ids, out, positions, num_replicas,
                         TOP_K: ConstInt, TILE_M: ConstInt, TILE_H: ConstInt):
-    """out[p] = X[sorted_token_ids[p] // TOP_K] (zero for sentinel slots) for the slots p of
-    m-blocks that have an expert, and positions[r] = p for every replica r placed there: the
-    token rows in slot order, so the GEMMs can load rectangular tiles (``a_tile``).
-    Grid (num_m, cdiv(H, TILE_H)); the blocks of column tile 0 also write the positions."""
+    """out[p] = X[sorted_token_ids[p] // TOP_K] for the slots p that hold a replica, and
+    positions[r] = p for every replica r placed: the token rows in slot order, so the GEMMs can
+    load rectangular tiles (``a_tile``). Sentinel (padding) slots are not written: a GEMM's
+    output row depends on its own input row only, so whatever they hold ends up in padding rows
+    that nothing reads -- and skipping them halves the copy when experts fill half a block
+    (DeepSeek-V3 prefill with 128-row blocks). Grid (num_m, cdiv(H, TILE_H)); blocks of
+    experts -1 do nothing; those of column tile 0 also write the positions."""
     pid_m, pid_h = ct.bid(0), ct.bid(1)
     expert = ct.load(expert_ids, (pid_m,), shape=())
     if expert >= 0:
         replicas = ct.load(sorted_token_ids, (pid_m,), shape=(TILE_M,))
         valid = replicas < num_replicas
         cols = pid_h * TILE_H + ct.arange(TILE_H, dtype=ct.int32)
-        rows = ct.gather(X, ((replicas // TOP_K)[:, None], cols[None, :]),
-                         mask=valid[:, None] & (cols < X.shape[1])[None, :], padding_value=0)
-        ct.store(out, (pid_m, pid_h), rows)
+        slots = pid_m * TILE_M + ct.arange(TILE_M, dtype=ct.int32)
+        both = valid[:, None] & (cols < X.shape[1])[None, :]
+        rows = ct.gather(X, ((replicas // TOP_K)[:, None], cols[None, :]), mask=both,
+                         padding_value=0)
+        ct.scatter(out, (slots[:, None], cols[None, :]), rows, mask=both)
         if pid_h == 0:
-            slots = pid_m * TILE_M + ct.arange(TILE_M, dtype=ct.int32)
             ct.scatter(positions, replicas, slots, mask=valid)
 
 
@@ -688,10 +692,11 @@ def permute_tile_h(tile_m: int, hidden: int) -> int:
 
 def permute_rows(x, sorted_token_ids, expert_ids, top_k: int, *, out=None, positions=None):
     """The token rows in *slot order*, for ``fused_moe_matmul(..., sorted_rows=True)``:
-    ``out[p] = x[sorted_token_ids[p] // top_k]`` (zero for sentinel slots), and
+    ``out[p] = x[sorted_token_ids[p] // top_k]`` for every slot that holds a replica, and
     ``positions[r] = p``, the slot of every replica ``r`` that was placed (the others' entries
-    are left untouched; ``moe_sum`` never reads them). Slots of blocks without an expert
-    (``expert_ids == -1``) are not written. ``x`` (T, H); ``out`` (S, H) with ``S =
+    are left untouched; ``moe_sum`` never reads them). Sentinel (padding) slots and the slots of
+    blocks without an expert (``expert_ids == -1``) are not written: the GEMMs compute padding
+    rows from whatever they hold, and nothing reads those rows. ``x`` (T, H); ``out`` (S, H) with ``S =
     len(sorted_token_ids)``, ``positions`` (T*K,) int32; both allocated when None.
     Returns ``(out, positions)``.
 
