@@ -347,11 +347,7 @@ def moe_forward_expert_loop(hidden_states, w1, w2, topk_weights, topk_ids):
         h = (hidden_states[tokens] @ w1[e].T).astype(xp.float32)
         a = (h[:, :I] / (1 + xp.exp(-h[:, :I])) * h[:, I:]).astype(hidden_states.dtype)
         y = (a @ w2[e].T).astype(xp.float32) * flat_w[replicas, None]
-        if xp is np:
-            np.add.at(out, tokens, y)
-        else:
-            import cupyx
-            cupyx.scatter_add(out, tokens, y)
+        xp.add.at(out, tokens, y)           # a token may list the same expert twice
     return out.astype(hidden_states.dtype)
 
 

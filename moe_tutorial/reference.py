@@ -199,11 +199,7 @@ def moe_forward(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize
         h = x[tokens] @ _f64(xp, w1[int(e)]).T
         y = silu_and_mul(h) @ _f64(xp, w2[int(e)]).T
         # a token can list the same expert twice (precomputed ids): add, don't overwrite
-        if xp is np:
-            np.add.at(out, tokens, y * flat_w[replicas, None])
-        else:
-            import cupyx
-            cupyx.scatter_add(out, tokens, y * flat_w[replicas, None])
+        xp.add.at(out, tokens, y * flat_w[replicas, None])
     return out
 
 
