@@ -237,6 +237,8 @@ def write_table(path, gpu: str, entries: list[dict], *, command: str = "") -> No
 SMALL_M = (        # tile_m 16: about one token per expert
     (64, 128, {}), (128, 128, {}), (64, 256, {}), (128, 64, {}),
     (64, 128, {"latency": 10}), (128, 128, {"occupancy": 2}),
+    # wide and shallow (GEMM2 of narrow experts, Kd = I = 32): fewer, bigger blocks
+    (256, 64, {"occupancy": 2}), (512, 32, {"occupancy": 2}),
 )
 MEMORY_BOUND = (   # big blocks, few tokens per expert: stream the weights
     (128, 64, {}), (128, 128, {}), (256, 64, {}), (64, 128, {}),
