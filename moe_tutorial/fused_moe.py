@@ -102,6 +102,21 @@ def write_rows(C, tile, pid_m, pid_n, replicas, valid, TILE_N, SORTED):
                    mask=valid[:, None])
 
 
+def weight_tile(W, expert, kt, pid_n, TILE_N, TILE_K, TRANSPOSE_B, lat):
+    """Expert ``expert``'s ``(TILE_K, TILE_N)`` tile ``(kt, pid_n)`` of ``W (E, N, Kd)``, in
+    the layout ``ct.mma`` wants, zero past the N and Kd edges."""
+    if TRANSPOSE_B:
+        # (for measurement) load W's (TILE_N, TILE_K) tile as stored, transpose it
+        b = ct.load(W, (expert, pid_n, kt), shape=(1, TILE_N, TILE_K),
+                    padding_mode=ct.PaddingMode.ZERO, latency=lat)
+        return ct.transpose(b.reshape((TILE_N, TILE_K)))
+    # W[e, n, k] arrives as b[k, n]: order=(0, 2, 1) swaps the last two axes of the tile
+    # space, so the tile is already (TILE_K, TILE_N) for the MMA
+    b = ct.load(W, (expert, kt, pid_n), shape=(1, TILE_K, TILE_N), order=(0, 2, 1),
+                padding_mode=ct.PaddingMode.ZERO, latency=lat)
+    return b.reshape((TILE_K, TILE_N))
+
+
 def fused_moe_tile(A, W, C, topk_weights, sorted_token_ids, expert_ids, ROW_DIV,
                    MUL_ROUTED_WEIGHT, TILE_M, TILE_N, TILE_K, GROUP_SIZE_M, TRANSPOSE_B, LATENCY,
                    SORTED):
@@ -135,17 +150,7 @@ def fused_moe_tile(A, W, C, topk_weights, sorted_token_ids, expert_ids, ROW_DIV,
         acc = ct.full((TILE_M, TILE_N), 0.0, dtype=ct.float32)
         for kt in range(ct.cdiv(A.shape[1], TILE_K)):
             a = a_tile(A, pid_m, kt, a_rows, valid, TILE_M, TILE_K, SORTED)
-            if TRANSPOSE_B:
-                # (for measurement) load W's (TILE_N, TILE_K) tile as stored, transpose it
-                b = ct.load(W, (expert, pid_n, kt), shape=(1, TILE_N, TILE_K),
-                            padding_mode=ct.PaddingMode.ZERO, latency=lat)
-                b = ct.transpose(b.reshape((TILE_N, TILE_K)))
-            else:
-                # W[e, n, k] arrives as b[k, n]: order=(0, 2, 1) swaps the last two axes of
-                # the tile space, so the tile is already (TILE_K, TILE_N) for the MMA
-                b = ct.load(W, (expert, kt, pid_n), shape=(1, TILE_K, TILE_N),
-                            order=(0, 2, 1), padding_mode=ct.PaddingMode.ZERO, latency=lat)
-                b = b.reshape((TILE_K, TILE_N))
+            b = weight_tile(W, expert, kt, pid_n, TILE_N, TILE_K, TRANSPOSE_B, lat)
             acc = ct.mma(a, b, acc)
 
         if MUL_ROUTED_WEIGHT:
@@ -184,19 +189,6 @@ def fused_moe_kernel_int64(A, W: ct.IndexedWithInt64, C, topk_weights, sorted_to
 # ---------------------------------------------------------------------------------------------
 # GEMM1 with the SwiGLU epilogue (notebook 05)
 # ---------------------------------------------------------------------------------------------
-
-def weight_tile(W, expert, kt, pid_n, TILE_N, TILE_K, TRANSPOSE_B, lat):
-    """Expert ``expert``'s ``(TILE_K, TILE_N)`` tile ``(kt, pid_n)`` of ``W (E, N, Kd)``, in
-    the layout ``ct.mma`` wants (``order=(0, 2, 1)``; or load + ``ct.transpose`` when
-    ``TRANSPOSE_B``), zero past the N and Kd edges -- the same load as in ``fused_moe_tile``."""
-    if TRANSPOSE_B:
-        b = ct.load(W, (expert, pid_n, kt), shape=(1, TILE_N, TILE_K),
-                    padding_mode=ct.PaddingMode.ZERO, latency=lat)
-        return ct.transpose(b.reshape((TILE_N, TILE_K)))
-    b = ct.load(W, (expert, kt, pid_n), shape=(1, TILE_K, TILE_N), order=(0, 2, 1),
-                padding_mode=ct.PaddingMode.ZERO, latency=lat)
-    return b.reshape((TILE_K, TILE_N))
-
 
 def fused_moe_swiglu_tile(A, W_gate, W_up, C, sorted_token_ids, expert_ids, ROW_DIV,
                           TILE_M, TILE_N, TILE_K, GROUP_SIZE_M, TRANSPOSE_B, LATENCY, SORTED):
