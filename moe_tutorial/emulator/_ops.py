@@ -409,6 +409,15 @@ def _tuple_of_tiles(x, what):
         Tile(np.broadcast_to(t._data, shape), t.dtype) for t in xs), shape
 
 
+def _fold_step(func, acc, moved, xs, index):
+    """One step of a custom reduce/scan: ``func(*acc, *elements at index)`` as a tuple of
+    tiles in the inputs' dtypes (``moved``: the inputs with the axis last)."""
+    cur = tuple(Tile(np.asarray(m[index]), t.dtype) for m, t in zip(moved, xs))
+    res = func(*acc, *cur)
+    res = res if isinstance(res, tuple) else (res,)
+    return tuple(as_tile(r, t.dtype) if not isinstance(r, Tile) else r for r, t in zip(res, xs))
+
+
 def reduce(x, /, axis, func, identity, *, keepdims=False):
     """Custom reduction: ``func`` combines 0-d tiles; applied sequentially along ``axis``."""
     is_tuple, xs, shape = _tuple_of_tiles(x, "ct.reduce")
@@ -420,11 +429,7 @@ def reduce(x, /, axis, func, identity, *, keepdims=False):
     for pos in np.ndindex(*out_shape):
         acc = tuple(as_tile(i, t.dtype) for i, t in zip(ids, xs))
         for k in range(moved[0].shape[-1]):
-            cur = tuple(Tile(np.asarray(m[pos + (k,)]), t.dtype) for m, t in zip(moved, xs))
-            res = func(*acc, *cur)
-            res = res if isinstance(res, tuple) else (res,)
-            acc = tuple(as_tile(r, t.dtype) if not isinstance(r, Tile) else r
-                        for r, t in zip(res, xs))
+            acc = _fold_step(func, acc, moved, xs, pos + (k,))
         for o, a in zip(outs, acc):
             o[pos] = a._data
     poison = None
@@ -450,11 +455,7 @@ def scan(x, /, axis, func, identity, *, reverse=False):
     for pos in np.ndindex(*moved[0].shape[:-1]):
         acc = tuple(as_tile(i, t.dtype) for i, t in zip(ids, xs))
         for k in steps:
-            cur = tuple(Tile(np.asarray(m[pos + (k,)]), t.dtype) for m, t in zip(moved, xs))
-            res = func(*acc, *cur)
-            res = res if isinstance(res, tuple) else (res,)
-            acc = tuple(as_tile(r, t.dtype) if not isinstance(r, Tile) else r
-                        for r, t in zip(res, xs))
+            acc = _fold_step(func, acc, moved, xs, pos + (k,))
             for o, a in zip(outs, acc):
                 o[pos + (k,)] = a._data
     poison = None
