@@ -30,10 +30,16 @@ def gpu_status() -> tuple[bool, str]:
     cp = _cupy()
     if cp is None:
         return False, "CuPy is not installed (pip install cupy-cuda13x)"
+    driver = _driver_version()
+    if driver is None:
+        return False, "no NVIDIA driver on this machine (libcuda.so.1 cannot be loaded)"
     try:
         n = cp.cuda.runtime.getDeviceCount()
     except Exception as e:  # noqa: BLE001
-        return False, f"no CUDA driver or device ({type(e).__name__}: {e})"
+        if "InsufficientDriver" in type(e).__name__ + str(e):
+            return False, (f"the NVIDIA driver supports CUDA {driver // 1000}.{driver % 1000 // 10}"
+                           f"; cuTile needs CUDA 13 (driver r580 or newer)")
+        return False, f"no usable CUDA device ({type(e).__name__}: {e})"
     if n == 0:
         return False, "CuPy sees no CUDA device"
     major, minor = _capability()
@@ -44,6 +50,20 @@ def gpu_status() -> tuple[bool, str]:
     except Exception as e:  # noqa: BLE001
         return False, f"cuda-tile does not import ({e})"
     return True, "GPU available"
+
+
+def _driver_version() -> int | None:
+    """The CUDA version the installed NVIDIA driver supports (e.g. 13000), or None when there is
+    no driver to load."""
+    import ctypes
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    version = ctypes.c_int(0)
+    if libcuda.cuDriverGetVersion(ctypes.byref(version)) != 0:
+        return 0
+    return version.value
 
 
 def _capability() -> tuple[int, int]:

@@ -155,3 +155,25 @@ def test_launch_refuses_mixed_numpy_and_cupy():
     with pytest.raises(TypeError, match="same device"):  # arrays nested in a tuple count too
         device.launch((1,), mt.vector_add_kernel,
                       ((cp.zeros(4, cp.float32),), np.zeros(4, np.float32)))
+
+
+def test_gpu_status_names_a_missing_driver(monkeypatch):
+    """Without an NVIDIA driver the reason says so (not CUDA's "driver version is insufficient")."""
+    class FakeCuPy:
+        class cuda:
+            class runtime:
+                @staticmethod
+                def getDeviceCount():
+                    raise RuntimeError("cudaErrorInsufficientDriver: CUDA driver version is "
+                                       "insufficient for CUDA runtime version")
+
+    monkeypatch.setattr(device, "_cupy", lambda: FakeCuPy)
+    for driver, expected in ((None, "no NVIDIA driver on this machine"),
+                             (12040, "the NVIDIA driver supports CUDA 12.4; cuTile needs CUDA 13")):
+        monkeypatch.setattr(device, "_driver_version", lambda d=driver: d)
+        device.gpu_status.cache_clear()
+        try:
+            ok, why = device.gpu_status()
+        finally:
+            device.gpu_status.cache_clear()
+        assert not ok and why.startswith(expected), why
