@@ -1,16 +1,34 @@
-# make lab   - create .venv if needed, install, open JupyterLab on notebooks/
+# make lab   - create .venv if needed, install, open JupyterLab on your working copy, lab/
+#              (copied from notebooks/ on the first run, never overwritten afterwards)
+# make reset NB=01_routing  - restore lab/01_routing.ipynb from notebooks/ (yours goes to .bak)
 # make test  - create/update .venv, run the unit tests and execute every notebook (nbmake)
 PYTHON ?= python3
+LAB    ?= lab
 VENV   ?= .venv
 JOBS   ?= 2
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test test-gpu install clean distclean
+.PHONY: lab reset test test-gpu install clean distclean
 
 # (as root, e.g. in a container, JupyterLab needs --allow-root)
+# The committed notebooks stay untouched: JupyterLab opens lab/ (git-ignored), and copies only
+# the notebooks lab/ does not have yet, so your work is never overwritten.
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
+	@mkdir -p $(LAB)/solutions
+	@for f in notebooks/*.ipynb notebooks/solutions/*.ipynb; do \
+	  dst=$(LAB)/$${f#notebooks/}; [ -e $$dst ] || cp $$f $$dst; done
+	$(BIN)/jupyter lab $(LAB)/ $(if $(filter 0,$(shell id -u)),--allow-root)
+
+reset:
+	@test -n "$(NB)" || { echo "usage: make reset NB=01_routing"; exit 2; }
+	@src=notebooks/$(NB).ipynb; dst=$(LAB)/$(NB).ipynb; \
+	case "$(NB)" in *_solutions) src=notebooks/solutions/$(NB).ipynb; \
+	  dst=$(LAB)/solutions/$(NB).ipynb;; esac; \
+	test -f $$src || { echo "no notebook $$src"; exit 2; }; \
+	mkdir -p $$(dirname $$dst); \
+	if [ -f $$dst ]; then cp $$dst $$dst.bak; echo "your version: $$dst.bak"; fi; \
+	cp $$src $$dst && echo "restored $$dst from $$src"
 
 # One pytest run: notebooks (the long items) first so pytest-xdist spreads them over workers.
 test: $(STAMP)
