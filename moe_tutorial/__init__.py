@@ -10,7 +10,7 @@ from .device import (array_module, backend, describe, get_xp, gpu_status, is_gpu
                      to_numpy)
 
 # Notebook 00: the first tile program; the compiler-as-a-test helpers; exercise checkers.
-from . import check, compile, tiles
+from . import check, compile, records, source, tiles
 from .tiles import vector_add, vector_add_kernel
 
 # Notebook 01: routing and alignment.
@@ -30,7 +30,7 @@ from .layer import moe_forward
 
 __all__ = ["device", "emulator", "array_module", "backend", "describe", "get_xp", "gpu_status",
            "is_gpu_array", "launch", "to_numpy", "xp",
-           "check", "compile", "tiles", "vector_add", "vector_add_kernel",
+           "check", "compile", "records", "source", "tiles", "vector_add", "vector_add_kernel",
            "routing", "align", "align_reference", "grouped_topk", "grouped_topk_reference",
            "topk_softmax", "topk_softmax_reference",
            "activation", "silu_and_mul", "silu_and_mul_reference",

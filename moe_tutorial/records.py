@@ -1,0 +1,230 @@
+"""GPU results recorded for the notebooks, so a learner on a CPU sees what a GPU measured.
+
+Two kinds of files live in ``moe_tutorial/recorded/``, one of each per GPU model:
+
+- ``<GPU>.json``: a run of ``python -m moe_tutorial.bench --json FILE`` (notebook 05's tables);
+- ``<GPU>.lessons.json``: the measurements of the notebooks' own GPU cells, one *section* per
+  cell, each with its GPU, date and cuda-tile version. ``python -m moe_tutorial.records``
+  measures them on a GPU and merges them into that file.
+
+Every notebook cell that shows recorded data labels it with ``label(...)``; a section that no file
+holds yet is announced by ``missing(...)`` with the command that records it.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+RECORDED_DIR = Path(__file__).resolve().parent / "recorded"
+LESSONS_SUFFIX = ".lessons.json"
+
+
+def _load(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def bench_runs() -> list[dict]:
+    """Every recorded benchmark run (``<GPU>.json``), newest first."""
+    runs = []
+    for path in sorted(RECORDED_DIR.glob("*.json")):
+        data = _load(path)
+        if not path.name.endswith(LESSONS_SUFFIX) and isinstance(data, dict) \
+                and data.get("format") == 1 and "rows" in data:
+            runs.append({**data, "path": str(path)})
+    return sorted(runs, key=lambda d: d.get("created", ""), reverse=True)
+
+
+def latest_bench_run() -> dict | None:
+    runs = bench_runs()
+    return runs[0] if runs else None
+
+
+def recordings(section: str) -> list[dict]:
+    """Every recording of one notebook ``section``, newest first: dicts with ``gpu``,
+    ``created``, ``cuda_tile``, ``source`` and ``data``."""
+    found = []
+    for path in sorted(RECORDED_DIR.glob("*" + LESSONS_SUFFIX)):
+        data = _load(path) or {}
+        entry = data.get("sections", {}).get(section)
+        if entry:
+            found.append({"gpu": data.get("gpu", path.name), **entry})
+    return sorted(found, key=lambda e: e.get("created", ""), reverse=True)
+
+
+def latest(section: str) -> dict | None:
+    found = recordings(section)
+    return found[0] if found else None
+
+
+def label(rec: dict) -> str:
+    """``RECORDED on <GPU>, <date> (cuda-tile <version>)``: the title of recorded data."""
+    version = f", cuda-tile {rec['cuda_tile']}" if rec.get("cuda_tile") else ""
+    return f"RECORDED on {rec['gpu']}, {rec.get('created', '?')[:10]}{version}"
+
+
+def missing(section: str, what: str) -> None:
+    """Say that nothing is recorded for ``section`` yet, and how to record it."""
+    print(f"No GPU here, and no recording of {what} exists yet in moe_tutorial/recorded/. "
+          f"On a GPU, `python -m moe_tutorial.records {section}` records it.")
+
+
+def file_for(gpu: str) -> Path:
+    return RECORDED_DIR / (re.sub(r"[^A-Za-z0-9]+", "_", gpu).strip("_") + LESSONS_SUFFIX)
+
+
+def write(section: str, data, *, gpu: str, cuda_tile: str, source: str,
+          path: Path | None = None) -> Path:
+    """Merge one section into ``<GPU>.lessons.json`` (other sections are kept)."""
+    path = path or file_for(gpu)
+    doc = _load(path) if path.exists() else None
+    doc = doc or {"format": "lessons-1", "gpu": gpu, "sections": {}}
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    doc["sections"][section] = {"created": created, "cuda_tile": cuda_tile, "source": source,
+                                "data": data}
+    path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+# --- measurements (GPU only); the notebooks call the same functions live on a GPU ------------
+
+def division_table(xp, seed: int = 0) -> dict:
+    """Notebook 02: the worst error of silu_and_mul against float64, in units of the test
+    tolerance, for every (output dtype, approx_div, flush_to_zero)."""
+    from . import activation
+    rng = np.random.default_rng(seed)
+    x32 = xp.asarray((rng.standard_normal((64, 512)) * 10).astype(np.float32))
+    ref = activation.silu_and_mul_reference(x32)
+    table = {}
+    for dtype in (np.float32, np.float16):
+        rtol, atol = activation.tolerance(dtype)
+        for approx in (False, True):
+            for ftz in (False, True):
+                out = xp.empty((64, 256), dtype=dtype)
+                activation.silu_and_mul(x32, out, approx_div=approx, flush_to_zero=ftz)
+                err = np.abs(_host(out).astype(np.float64) - ref)
+                table[f"{np.dtype(dtype).name} approx={approx} ftz={ftz}"] = float(
+                    np.max(err / (atol + rtol * np.abs(ref))))
+    return table
+
+
+def activation_bandwidth(M: int = 8192, I: int = 2048) -> dict:
+    """Notebook 02: the copy ceiling, bandwidth versus tile shape at (M, I), and versus problem
+    size (ours with each division mode, the fused CuPy kernel), as % of the copy."""
+    from . import bench_activation as ba
+    copy_gbs = ba.copy_bandwidth_gbs()
+    sweep = [{"tiles": f"{r['tile_m']}x{r['tile_n']}", "percent": 100 * r["GB/s"] / copy_gbs}
+             for r in ba.tile_sweep(M, I, ba.SMALL_SWEEP, copy_gbs) if r["correct"]]
+    sizes = []
+    for m, i in [(m, 2048) for m in (64, 256, 1024, 4096, 8192, 16384)] + [(8192, 1408),
+                                                                          (4099, 5000)]:
+        for r in ba.measure_size(m, i, copy_gbs, include_unfused=(m, i) == (M, I)):
+            if r["correct"]:
+                sizes.append({"M": m, "I": i, "impl": r["impl"], "MB": r["MB"],
+                              "percent": 100 * r["GB/s"] / copy_gbs})
+    return {"copy_gbs": copy_gbs, "M": M, "I": I, "dtype": "float16", "tile_sweep": sweep,
+            "sizes": sizes}
+
+
+def layer_profiles(xp) -> dict:
+    """Notebook 04: measured ceilings, each step's median GPU time for three models in decode
+    and prefill, each GEMM's achieved TFLOP/s, and the layer against two simple baselines."""
+    from cupyx.profiler import benchmark
+
+    from . import bench, layer, presets, routing
+
+    def median_ms(fn, n=30):
+        return float(np.median(benchmark(fn, n_repeat=n, n_warmup=3).gpu_times[0])) * 1e3
+
+    bandwidth, peak = bench.measure_ceilings(xp)
+    steps, points, baselines = {}, [], []
+    for name in ("qwen3_30b_a3b", "mixtral_8x7b", "deepseek_v3"):
+        pr = presets.PRESETS[name]
+        for phase in ("decode", "prefill"):
+            T = pr.tokens(phase)
+            prob = presets.make_problem(pr, T, xp=xp, seed=2)
+            a = [prob[k] for k in ("hidden_states", "w1", "w2", "router_logits")]
+            plan = layer.plan_layer(*a, pr.top_k,
+                                    e_score_correction_bias=prob.get("e_score_correction_bias"),
+                                    **pr.router_kwargs())
+            plan.run()
+            ids = plan.buffers["topk_ids"]
+            used = int(xp.unique(ids[ids >= 0]).size)
+            times = {s: median_ms(fn) for s, fn in plan.steps}
+            steps[f"{name} {phase} T={T}"] = times
+            for g, (fl, by) in bench.gemm_costs(T, pr.hidden, pr.intermediate, pr.top_k,
+                                                used).items():
+                points.append({"label": f"{name} {phase} {g.split()[0]}", "intensity": fl / by,
+                               "tflops": fl / times[g] / 1e9})
+            del prob, a, plan
+            xp.get_default_memory_pool().free_all_blocks()
+    for name in ("cutile_sample", "qwen3_30b_a3b", "mixtral_8x7b"):
+        pr = presets.PRESETS[name]
+        for phase in ("decode", "prefill"):
+            T = pr.tokens(phase)
+            prob = presets.make_problem(pr, T, xp=xp, seed=3)
+            a = [prob[k] for k in ("hidden_states", "w1", "w2", "router_logits")]
+            w, ids = routing.topk_softmax(a[3], pr.top_k, renormalize=pr.renormalize)
+            used = int(xp.unique(ids).size)
+            fl, by = bench.layer_cost(T, pr.hidden, pr.intermediate, pr.top_k, used)
+            baselines.append({
+                "shape": f"{name} {phase}",
+                "moe_forward": median_ms(lambda: layer.moe_forward(*a, pr.top_k,
+                                                                   **pr.router_kwargs())),
+                "cupy_loop": median_ms(lambda: layer.moe_forward_expert_loop(*a[:3], w, ids), n=5),
+                "host_aligned": median_ms(
+                    lambda: layer.moe_forward_host_aligned(*a[:3], w, ids), n=5),
+                "floor": bench.roofline_floor_ms(fl, by, peak, bandwidth)})
+            del prob, a
+    return {"copy_gbs": bandwidth, "matmul_tflops": peak, "step_ms": steps, "gemms": points,
+            "baselines_ms": baselines}
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+MEASUREMENTS = {
+    "02_division_table": ("notebook 02's approx/flush-to-zero error table",
+                          lambda xp: division_table(xp)),
+    "02_bandwidth": ("notebook 02's bandwidth sweeps", lambda xp: activation_bandwidth()),
+    "04_profiles": ("notebook 04's per-kernel times, roofline points and baselines",
+                    lambda xp: layer_profiles(xp)),
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m moe_tutorial.records",
+        description="Measure the notebooks' GPU-only cells on this GPU and merge the results "
+                    "into moe_tutorial/recorded/<GPU>.lessons.json.")
+    parser.add_argument("sections", nargs="*", metavar="SECTION",
+                        help=f"sections to record, of {', '.join(MEASUREMENTS)} (default: all)")
+    parser.add_argument("--out", type=Path, help="file to merge into (default: by GPU name)")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.sections) - set(MEASUREMENTS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; known: {', '.join(MEASUREMENTS)}")
+    import cupy as cp
+
+    import cuda.tile as ct
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    gpu = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    for section in args.sections or list(MEASUREMENTS):
+        what, measure = MEASUREMENTS[section]
+        print(f"recording {what} on {gpu} ...", flush=True)
+        path = write(section, measure(cp), gpu=gpu, cuda_tile=ct.__version__,
+                     source=f"python -m moe_tutorial.records {section}", path=args.out)
+        print(f"  -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
