@@ -187,6 +187,26 @@ def layer_profiles(xp) -> dict:
             "baselines_ms": baselines}
 
 
+def profiles_from_bench(run: dict) -> dict:
+    """Notebook 04's profile data taken from a recorded benchmark run: its ceilings, each
+    shape's per-step device times (one CUDA graph per step) and the GEMMs' achieved TFLOP/s.
+    (No baselines: the benchmark compares with its own peers.)"""
+    from . import bench
+    steps, points = {}, []
+    for r in run["rows"]:
+        if not r.get("steps_us"):
+            continue
+        T, H, E, I, K = r["dims"]
+        steps[f"{r['shape']} T={T}"] = {s: us / 1e3 for s, us in r["steps_us"].items()}
+        for g, (fl, by) in bench.gemm_costs(T, H, I, K, r["experts_used"]).items():
+            if r["steps_us"].get(g):
+                points.append({"label": f"{r['shape']} {g.split()[0]}", "intensity": fl / by,
+                               "tflops": fl / (r["steps_us"][g] * 1e-6) / 1e12})
+    return {"copy_gbs": run["ceilings"]["copy_gbs"],
+            "matmul_tflops": run["ceilings"]["matmul_tflops"], "step_ms": steps, "gemms": points,
+            "baselines_ms": None}
+
+
 def _host(a):
     return a.get() if hasattr(a, "get") else np.asarray(a)
 
