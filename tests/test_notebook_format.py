@@ -93,3 +93,80 @@ def test_solutions_match_a_lesson_and_assert_the_checks(path):
     assert lesson.exists(), f"{path.name} has no lesson {lesson.name}"
     assert re.search(r"assert\s+mt\.check\.\w+\(", _code(_read(path))), \
         "solutions assert on the checkers' return value: assert mt.check.<name>(...)"
+
+
+# --- what a learner can trust: checked mechanically ------------------------------------------
+
+DOCS = "https://docs.nvidia.com/cuda/cutile-python/"
+FURTHER_READING = (DOCS, "github.com/NVIDIA/cutile-python/blob/main/samples/MoE.py",
+                   "vllm-project/vllm/tree/main/vllm/model_executor/layers/fused_moe",
+                   "triton-lang.org/main/getting-started/tutorials/03-matrix-multiplication")
+
+
+def _text(nb):
+    return "\n".join(c.source for c in nb.cells)
+
+
+@pytest.mark.parametrize("path", ALL, ids=_ids(ALL))
+def test_learner_text_has_no_tracker_talk_and_no_emoji_verdicts(path):
+    text = _text(_read(path))
+    assert not re.search(r"\bissues?\b", text, re.IGNORECASE), \
+        "learner-facing text does not mention issues (the tracker is not part of the course)"
+    assert "✅" not in text and "❌" not in text, "verdicts are the words PASS and FAIL"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=_ids(LESSONS))
+def test_lesson_ends_with_further_reading(path):
+    nb = _read(path)
+    last = [c for c in nb.cells if c.cell_type == "markdown"][-1]
+    assert last.source.startswith("## Further reading"), "the last cell is ## Further reading"
+    for link in FURTHER_READING:
+        assert link in last.source, f"further reading links {link}"
+
+
+def test_every_ct_operation_is_linked_before_its_first_use():
+    """Walking the lessons in order, every ct.<op>(...) in a code cell has been linked to its
+    page in the cuTile documentation by an earlier (or the same) markdown cell."""
+    linked, missing = set(), []
+    for path in LESSONS:
+        for cell in _read(path).cells:
+            if cell.cell_type == "markdown":
+                linked |= set(re.findall(r"cuda\.tile\.(\w+)\.html", cell.source))
+            else:
+                missing += [f"{path.name}: ct.{op}" for op in
+                            re.findall(r"\bct\.([a-z_]+)\(", cell.source) if op not in linked]
+    assert not missing, f"used before a markdown cell links its documentation: {missing}"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=_ids(LESSONS))
+def test_package_source_is_shown_in_excerpts(path):
+    code = _code(_read(path))
+    assert "getsource" not in code, "show package code with mt.source.show(fn, first, last)"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=_ids(LESSONS))
+def test_checker_cells_print_and_echo_nothing(path):
+    """A checker call is the cell's last statement, called bare: it prints PASS/FAIL and its
+    Verdict displays nothing (tests/test_check.py checks that)."""
+    for cell in _read(path).cells:
+        if cell.cell_type == "code" and "mt.check." in cell.source:
+            last = cell.source.rstrip().splitlines()[-1]
+            assert re.match(r"mt\.check\.\w+\(", last), f"checker cell ends with {last!r}"
+            assert "print(mt.check" not in cell.source
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=_ids(LESSONS))
+def test_exercises_say_how_to_ask_for_a_hint(path):
+    nb = _read(path)
+    start = next(i for i, c in enumerate(nb.cells)
+                 if c.cell_type == "markdown" and "## Exercises" in c.source)
+    assert any("hint=1" in c.source for c in nb.cells[start:] if c.cell_type == "markdown")
+
+
+def test_no_measured_number_is_typed_into_a_notebook_as_a_gpu_result():
+    """GPU measurements come from moe_tutorial/recorded/ (or are measured live): no notebook
+    carries a hand-typed table of recorded times."""
+    for path in LESSONS:
+        code = _code(_read(path))
+        assert not re.search(r"RECORDED_\w+\s*=", code), f"{path.name}: typed recorded numbers"
+        assert "Measured by us" not in _text(_read(path)), path.name
