@@ -187,6 +187,59 @@ def layer_profiles(xp) -> dict:
             "baselines_ms": baselines}
 
 
+def gemm_layouts(xp, tile_m: int = 128, tile_n: int = 128, tile_k: int = 64) -> dict:
+    """Notebook 05: one expert GEMM alone with rows gathered and in slot order, same tiles
+    (Qwen3-30B-A3B and Mixtral-8x7B prefill, GEMM1 and GEMM2), and ``permute_rows``' device
+    time for the three big prefills."""
+    from cupyx.profiler import benchmark
+
+    from . import fused_moe, presets, routing
+
+    def median_ms(fn):
+        return float(np.median(benchmark(fn, n_repeat=20, n_warmup=3).gpu_times[0])) * 1e3
+
+    rng = np.random.default_rng(3)
+    tile = fused_moe.TileConfig(tile_m=tile_m, tile_n=tile_n, tile_k=tile_k)
+    gemms, permute_us = [], {}
+    for name in ("qwen3_30b_a3b", "mixtral_8x7b", "deepseek_v3"):
+        p = presets.PRESETS[name]
+        T, K, H, I, E = p.prefill_tokens, p.top_k, p.hidden, p.intermediate, p.experts
+        x = xp.asarray(rng.standard_normal((T, H), dtype=np.float32)).astype(xp.float16)
+        logits = xp.asarray(rng.standard_normal((T, E), dtype=np.float32))
+        weights, ids = routing.topk_softmax(logits, K, renormalize=True)
+        sorted_ids, expert_ids, _ = routing.align(ids, E, tile.tile_m)
+        x_sorted, positions = fused_moe.permute_rows(x, sorted_ids, expert_ids, K)
+        permute_us[f"{name} prefill"] = 1e3 * median_ms(lambda: fused_moe.permute_rows(
+            x, sorted_ids, expert_ids, K, out=x_sorted, positions=positions))
+        if name == "deepseek_v3":
+            continue                                   # its weights alone are 22 GB
+        w1 = (xp.asarray(rng.standard_normal((E, 2 * I, H), dtype=np.float32)) / H ** 0.5
+              ).astype(xp.float16)
+        act = xp.asarray(rng.standard_normal((T * K, I), dtype=np.float32)).astype(xp.float16)
+        act_sorted, _ = fused_moe.permute_rows(act, sorted_ids, expert_ids, 1)
+        w2 = (xp.asarray(rng.standard_normal((E, H, I), dtype=np.float32)) / I ** 0.5
+              ).astype(xp.float16)
+        S = sorted_ids.shape[0]
+        for label, a, a_sorted, w, top_k, kw in (
+                ("GEMM1", x, x_sorted, w1, K, {}),
+                ("GEMM2", act, act_sorted, w2, 1,
+                 dict(topk_weights=weights, mul_routed_weight=True))):
+            n = w.shape[1]
+            out = {False: xp.empty((T * K, n), xp.float16), True: xp.empty((S, n), xp.float16)}
+
+            def run(sorted_rows, a_in):
+                return lambda: fused_moe.fused_moe_matmul(
+                    a_in, w, sorted_ids, expert_ids, top_k=top_k, out=out[sorted_rows],
+                    config=tile, sorted_rows=sorted_rows, validate=False, **kw)
+            gemms.append({"label": f"{name} prefill {label}, {tile_m}x{tile_n}x{tile_k}",
+                          "T": T, "K": K, "N": n, "Kd": w.shape[2],
+                          "gather_ms": median_ms(run(False, a)),
+                          "slot_ms": median_ms(run(True, a_sorted)), "slot_a_only_ms": None})
+        del w1, w2, act, act_sorted
+        xp.get_default_memory_pool().free_all_blocks()
+    return {"gemms": gemms, "cublas_dense_ms": None, "layer_ms": {}, "permute_us": permute_us}
+
+
 def profiles_from_bench(run: dict) -> dict:
     """Notebook 04's profile data taken from a recorded benchmark run: its ceilings, each
     shape's per-step device times (one CUDA graph per step) and the GEMMs' achieved TFLOP/s.
@@ -217,6 +270,8 @@ MEASUREMENTS = {
     "02_bandwidth": ("notebook 02's bandwidth sweeps", lambda xp: activation_bandwidth()),
     "04_profiles": ("notebook 04's per-kernel times, roofline points and baselines",
                     lambda xp: layer_profiles(xp)),
+    "05_gemm_layouts": ("notebook 05's expert GEMMs, rows gathered vs in slot order",
+                        lambda xp: gemm_layouts(xp)),
 }
 
 
