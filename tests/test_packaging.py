@@ -68,7 +68,10 @@ def test_makefile_targets():
     make = (ROOT / "Makefile").read_text()
     for target in ("lab:", "test:", "$(STAMP): pyproject.toml"):
         assert re.search(rf"^{re.escape(target)}", make, re.M), f"Makefile lacks {target}"
-    assert "jupyter lab notebooks/" in make
+    assert "jupyter lab $(LAB)/" in make and re.search(r"^LAB\s*\?=\s*lab$", make, re.M), \
+        "make lab opens the working copy lab/, never the committed notebooks"
+    assert re.search(r"^reset:", make, re.M), "make reset NB=... restores one notebook"
+    assert "/lab/" in (ROOT / ".gitignore").read_text().splitlines()
     assert re.search(r"pytest -n \$\(JOBS\) --nbmake notebooks tests", make)
     assert "-m venv" in make and '-e ".[test]"' in make
 

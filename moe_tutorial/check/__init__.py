@@ -8,7 +8,8 @@ again with ``hint=1`` for a nudge or ``hint=2`` for the recipe (or call ``mt.che
 from .core import FLOAT_POISON, HINTS, INT_SENTINEL, Verdict, hint
 from .nb00_tiles import add_bias, axpy, num_tiles
 from .nb01_routing import block_owners, expert_histogram, router_softmax
-from .nb02_silu_and_mul import gelu_tanh_reference, geglu, silu_and_mul_bytes, silu_and_mul_row_loop
+from .nb02_silu_and_mul import (geglu, gelu_tanh_reference, silu_and_mul_bytes,
+                                silu_and_mul_row_loop)
 from .nb03_fused_moe_matmul import moe_gather_rows, moe_scatter_weighted, moe_swizzle
 from .nb04_moe_layer import moe_expert_map, moe_layer, moe_roofline_floor
 from .nb05_performance import moe_intermediate_bytes, moe_slot_positions, moe_swiglu_gemm

@@ -88,7 +88,8 @@ def signature(got, want) -> str | None:
             return "the result is the transpose of the expected one (row and column swapped)"
     if g.shape != w.shape:
         return None
-    both = np.isfinite(g) & np.isfinite(w) & (np.abs(w) > 1e-3 * max(np.abs(w).max(initial=0), 1e-30))
+    scale = max(np.abs(w).max(initial=0), 1e-30)
+    both = np.isfinite(g) & np.isfinite(w) & (np.abs(w) > 1e-3 * scale)
     if both.sum() < 1:
         return None
     ratio = g[both] / w[both]

@@ -10,14 +10,20 @@ from .core import rng as _rng, xp as _xp
 
 HINTS.update({
     'num_tiles': (
-        'What happens to the last few elements when a size is not a multiple of the tile? They need a block too.',
-        'per axis, round the division UP: ceil(size / tile), which integers compute as (size + tile - 1) // tile (ct.cdiv does it).'),
+        'What happens to the last few elements when a size is not a multiple of the tile? They '
+        'need a block too.',
+        'per axis, round the division UP: ceil(size / tile), which integers compute as (size + '
+        'tile - 1) // tile (ct.cdiv does it).'),
     'axpy': (
         'Which tile does block ct.bid(0) own, and is the same index used for x, y and out?',
-        'ct.load x and y at index (ct.bid(0),) with shape (TILE,), combine them as alpha * x + y, ct.store the tile into out at the same index.'),
+        'ct.load x and y at index (ct.bid(0),) with shape (TILE,), combine them as alpha * x + y,'
+        ' ct.store the tile into out at the same index.'),
     'add_bias': (
-        'Which column tile of the bias belongs to block (i, j)? And what does adding a 1-D tile to a 2-D tile do?',
-        'load x at (bid(0), bid(1)) with shape (TILE_M, TILE_N) and the bias at (bid(1),) with shape (TILE_N,); adding them broadcasts the bias over the rows; store at (bid(0), bid(1)).'),
+        'Which column tile of the bias belongs to block (i, j)? And what does adding a 1-D tile '
+        'to a 2-D tile do?',
+        'load x at (bid(0), bid(1)) with shape (TILE_M, TILE_N) and the bias at (bid(1),) with '
+        'shape (TILE_N,); adding them broadcasts the bias over the rows; store at (bid(0), '
+        'bid(1)).'),
 })
 
 
@@ -94,7 +100,8 @@ def axpy(kernel, *, tile: int = 256, trials: int = 5, hint: int = 0) -> Verdict:
                       level=hint)
 
 
-def add_bias(kernel, *, tile_m: int = 16, tile_n: int = 32, trials: int = 4, hint: int = 0) -> Verdict:
+def add_bias(kernel, *, tile_m: int = 16, tile_n: int = 32, trials: int = 4,
+             hint: int = 0) -> Verdict:
     """Exercise: ``kernel(x, bias, out, TILE_M, TILE_N)`` writes ``out[i, j] = x[i, j] + bias[j]``
     for a float32 (M, N) matrix and a length-N bias, one (TILE_M, TILE_N) tile per block, on the
     2-D grid ``(cdiv(M, TILE_M), cdiv(N, TILE_N))``."""

@@ -10,14 +10,21 @@ from .core import rng as _rng, xp as _xp
 
 HINTS.update({
     'router_softmax': (
-        'Two things break a softmax: padding columns that count as real logits, and exp() overflowing for large logits. Which one does the message point at?',
-        "load the (TILE_T, E_PAD) tile padded with -inf (padding_mode=ct.PaddingMode.NEG_INF), subtract each row's max (ct.max with axis=1, keepdims=True), exponentiate, divide by the row sum (ct.sum), store."),
+        'Two things break a softmax: padding columns that count as real logits, and exp() '
+        'overflowing for large logits. Which one does the message point at?',
+        'load the (TILE_T, E_PAD) tile padded with -inf (padding_mode=ct.PaddingMode.NEG_INF), '
+        "subtract each row's max (ct.max with axis=1, keepdims=True), exponentiate, divide by the"
+        ' row sum (ct.sum), store.'),
     'expert_histogram': (
-        'The last block reads past the end of flat_ids, and some ids are -1: what must those lanes add to counts?',
-        "gather the block's ids with ct.gather at index ct.bid(0) * TILE + ct.arange(TILE), padding past the end with -1; then ct.atomic_add(counts, ids, 1): an index of -1 is out of bounds, so it adds nothing."),
+        'The last block reads past the end of flat_ids, and some ids are -1: what must those '
+        'lanes add to counts?',
+        "gather the block's ids with ct.gather at index ct.bid(0) * TILE + ct.arange(TILE), "
+        'padding past the end with -1; then ct.atomic_add(counts, ids, 1): an index of -1 is out '
+        'of bounds, so it adds nothing.'),
     'block_owners': (
         'How many TILE_M blocks does an expert with 0 tokens need? With 1 token? With TILE_M + 1?',
-        'expert e needs cdiv(counts[e], tile_m) blocks; list e that many times, experts in order (np.repeat does it).'),
+        'expert e needs cdiv(counts[e], tile_m) blocks; list e that many times, experts in order '
+        '(np.repeat does it).'),
 })
 
 
@@ -71,10 +78,12 @@ def router_softmax(kernel, *, tile_t: int = 8, trials: int = 5, hint: int = 0) -
                             f"float32 (beyond 88.7) unless the row max is subtracted first")
             elif np.isnan(device.to_numpy(probs)).any() and e != e_pad:
                 message += (" (if you loaded with the default padding, the padding columns are "
-                            "undetermined — NaN on the emulator — and poison the row max and sum)")
+                            "undetermined — NaN on the emulator — and poison the row max and "
+                            "sum)")
         return ok, message
 
-    return run_trials("router_softmax", len(shapes), trial, what="logit matrices (large logits, T=1, odd widths included)",
+    return run_trials("router_softmax", len(shapes), trial,
+                      what="logit matrices (large logits, T=1, odd widths included)",
                       level=hint)
 
 
@@ -118,7 +127,8 @@ def expert_histogram(kernel, *, tile: int = 64, trials: int = 5, hint: int = 0) 
                 message += f"; the result looks like {wrong}"
         return ok, message
 
-    return run_trials("expert_histogram", len(cases), trial, what="routings (one expert, empty experts, N=1 included)",
+    return run_trials("expert_histogram", len(cases), trial,
+                      what="routings (one expert, empty experts, N=1 included)",
                       level=hint)
 
 

@@ -11,14 +11,21 @@ from .core import rng as _rng, xp as _xp
 
 HINTS.update({
     'silu_and_mul_bytes': (
-        'Count elements first (what is read, what is written), then turn each count into bytes with its own dtype.',
-        'the input is M x 2I elements of in_dtype (gate and up), the output M x I elements of out_dtype; bytes = elements x np.dtype(d).itemsize, summed.'),
+        'Count elements first (what is read, what is written), then turn each count into bytes '
+        'with its own dtype.',
+        'the input is M x 2I elements of in_dtype (gate and up), the output M x I elements of '
+        'out_dtype; bytes = elements x np.dtype(d).itemsize, summed.'),
     'silu_and_mul_row_loop': (
-        'A row of width I needs how many (1, TILE_N) tiles? The starting version handles only the first one.',
-        'loop j over range(ct.num_tiles(out, axis=1, shape=(1, TILE_N))) and load, compute and store tile (row, j) in the loop body; zero padding keeps the last, partial tile clean.'),
+        'A row of width I needs how many (1, TILE_N) tiles? The starting version handles only the'
+        ' first one.',
+        'loop j over range(ct.num_tiles(out, axis=1, shape=(1, TILE_N))) and load, compute and '
+        'store tile (row, j) in the loop body; zero padding keeps the last, partial tile clean.'),
     'geglu': (
-        'Only the activation changes: compare your gelu with the formula in the exercise, term by term (the 0.5, the cube, the constant under the square root).',
-        "keep the tiled kernel's loads and store; replace silu by the tanh GELU of the exercise text, evaluated on the float32 tile g with ct.tanh, then multiply by u and convert to out.dtype."),
+        'Only the activation changes: compare your gelu with the formula in the exercise, term by'
+        ' term (the 0.5, the cube, the constant under the square root).',
+        "keep the tiled kernel's loads and store; replace silu by the tanh GELU of the exercise "
+        'text, evaluated on the float32 tile g with ct.tanh, then multiply by u and convert to '
+        'out.dtype.'),
 })
 
 

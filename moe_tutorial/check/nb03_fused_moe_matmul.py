@@ -10,14 +10,24 @@ from .core import rng as _rng, xp as _xp
 
 HINTS.update({
     'moe_gather_rows': (
-        "A slot holds a replica id r = t*K + k, not a token: which row of X belongs to it? And what should a sentinel slot's row be?",
-        "read the block's TILE_M slots, turn replica ids into token rows by integer division by TOP_K, build the column indices of block ct.bid(1), ct.gather the (TILE_M, TILE_H) tile from X (out-of-range indices read 0), store it at (ct.bid(0), ct.bid(1))."),
+        'A slot holds a replica id r = t*K + k, not a token: which row of X belongs to it? And '
+        "what should a sentinel slot's row be?",
+        "read the block's TILE_M slots, turn replica ids into token rows by integer division by "
+        'TOP_K, build the column indices of block ct.bid(1), ct.gather the (TILE_M, TILE_H) tile '
+        'from X (out-of-range indices read 0), store it at (ct.bid(0), ct.bid(1)).'),
     'moe_scatter_weighted': (
-        'Is the router weight looked up by slot or by replica? And what happens to sentinel slots?',
-        "read the slots and the Y tile of this block, gather each row's weight from topk_weights by replica id (a sentinel is out of bounds and reads 0), multiply, and ct.scatter the rows to out at (replica, column); out-of-range indices are dropped."),
+        'Is the router weight looked up by slot or by replica? And what happens to sentinel '
+        'slots?',
+        "read the slots and the Y tile of this block, gather each row's weight from topk_weights "
+        'by replica id (a sentinel is out of bounds and reads 0), multiply, and ct.scatter the '
+        'rows to out at (replica, column); out-of-range indices are dropped.'),
     'moe_swizzle': (
-        'Draw the 2-D grid on paper for num_m=4, num_n=3, group_size_m=2 and number the blocks in the order the exercise describes: which group is block 7 in, and where inside it?',
-        "find the group a block belongs to (each group has group_size_m * num_n blocks), the group's first m row and its height (the last group may be shorter), then inside the group m runs fastest: pid_m from the remainder modulo the height, pid_n from the quotient."),
+        'Draw the 2-D grid on paper for num_m=4, num_n=3, group_size_m=2 and number the blocks in'
+        ' the order the exercise describes: which group is block 7 in, and where inside it?',
+        'find the group a block belongs to (each group has group_size_m * num_n blocks), the '
+        "group's first m row and its height (the last group may be shorter), then inside the "
+        'group m runs fastest: pid_m from the remainder modulo the height, pid_n from the '
+        'quotient.'),
 })
 
 
@@ -36,7 +46,8 @@ def _moe_routing(rng, T, K, E, tile_m, skewed=False):
     return weights, ids, sorted_ids, expert_ids
 
 
-def moe_gather_rows(kernel, *, tile_m: int = 16, tile_h: int = 32, trials: int = 5, hint: int = 0) -> Verdict:
+def moe_gather_rows(kernel, *, tile_m: int = 16, tile_h: int = 32, trials: int = 5,
+                    hint: int = 0) -> Verdict:
     """Exercise (notebook 03): ``kernel(X, sorted_token_ids, out, TOP_K, TILE_M, TILE_H)`` copies
     token rows into expert-sorted order: ``out[s] = X[sorted_token_ids[s] // TOP_K]`` for every
     slot ``s``, and zeros where the slot holds the sentinel ``T*K``. Grid
@@ -79,11 +90,13 @@ def moe_gather_rows(kernel, *, tile_m: int = 16, tile_h: int = 32, trials: int =
                 message += f"; the result looks like {wrong}"
         return ok, message
 
-    return run_trials("moe_gather_rows", len(cases), trial, what="routings (T=1, one expert for every token, odd widths included)",
+    return run_trials("moe_gather_rows", len(cases), trial,
+                      what="routings (T=1, one expert for every token, odd widths included)",
                       level=hint)
 
 
-def moe_scatter_weighted(kernel, *, tile_m: int = 16, tile_n: int = 32, trials: int = 5, hint: int = 0) -> Verdict:
+def moe_scatter_weighted(kernel, *, tile_m: int = 16, tile_n: int = 32, trials: int = 5,
+                         hint: int = 0) -> Verdict:
     """Exercise (notebook 03): ``kernel(Y, sorted_token_ids, topk_weights, out, TILE_M,
     TILE_N)`` is the GEMM2 epilogue: ``Y`` holds one result row per slot (expert-sorted order);
     write ``out[r] = Y[s] * topk_weights[r]`` with ``r = sorted_token_ids[s]``, skipping
@@ -131,7 +144,8 @@ def moe_scatter_weighted(kernel, *, tile_m: int = 16, tile_n: int = 32, trials: 
                 message += f"; the result looks like {wrong}"
         return ok, message
 
-    return run_trials("moe_scatter_weighted", len(cases), trial, what="routings (T=1, one expert for every token, odd widths included)",
+    return run_trials("moe_scatter_weighted", len(cases), trial,
+                      what="routings (T=1, one expert for every token, odd widths included)",
                       level=hint)
 
 

@@ -9,14 +9,22 @@ from .core import rng as _rng, xp as _xp
 
 HINTS.update({
     'moe_layer': (
-        'Follow the plan notebook 04 prints step by step: which steps use top_k, and which one multiplies by the router weight?',
-        "route with mt.routing.topk_softmax (renormalize=True), align with mt.routing.align, GEMM1 with top_k=top_k, mt.silu_and_mul, GEMM2 with top_k=1 and the router weights (mul_routed_weight=True), then mt.moe_sum over each token's replicas."),
+        'Follow the plan notebook 04 prints step by step: which steps use top_k, and which one '
+        'multiplies by the router weight?',
+        'route with mt.routing.topk_softmax (renormalize=True), align with mt.routing.align, '
+        'GEMM1 with top_k=top_k, mt.silu_and_mul, GEMM2 with top_k=1 and the router weights '
+        "(mul_routed_weight=True), then mt.moe_sum over each token's replicas."),
     'moe_expert_map': (
-        'Every expert on exactly one rank, local ids 0..n-1 per rank, and rank sizes that differ by at most one: which of the three does the message say is broken?',
-        'give rank r a contiguous block of experts [r*E//R, (r+1)*E//R); the map is -1 everywhere else and 0, 1, 2, ... inside the block, as int32.'),
+        'Every expert on exactly one rank, local ids 0..n-1 per rank, and rank sizes that differ '
+        'by at most one: which of the three does the message say is broken?',
+        'give rank r a contiguous block of experts [r*E//R, (r+1)*E//R); the map is -1 everywhere'
+        ' else and 0, 1, 2, ... inside the block, as int32.'),
     'moe_roofline_floor': (
-        'Check the units: FLOPs against TFLOP/s, bytes against GB/s, and the answer in milliseconds. Which of the two times is larger?',
-        "FLOPs = 2*T*K*3*H*I (a multiply-add is two); bytes = (the used experts' weights, 3*H*I each, + input and output activations, 2*T*H) * bytes per element; the floor is the larger of the two times, in ms."),
+        'Check the units: FLOPs against TFLOP/s, bytes against GB/s, and the answer in '
+        'milliseconds. Which of the two times is larger?',
+        "FLOPs = 2*T*K*3*H*I (a multiply-add is two); bytes = (the used experts' weights, 3*H*I "
+        'each, + input and output activations, 2*T*H) * bytes per element; the floor is the '
+        'larger of the two times, in ms.'),
 })
 
 
@@ -65,7 +73,8 @@ def moe_layer(fn, *, trials: int = 4, hint: int = 0) -> Verdict:
                 message += f"; the result looks like {wrong}"
         return ok, message
 
-    return run_trials("moe_layer", len(cases), trial, what="layers (T=1, one expert for every token included)",
+    return run_trials("moe_layer", len(cases), trial,
+                      what="layers (T=1, one expert for every token included)",
                       level=hint)
 
 

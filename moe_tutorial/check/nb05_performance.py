@@ -11,14 +11,22 @@ from .core import rng as _rng, xp as _xp
 
 HINTS.update({
     'moe_swiglu_gemm': (
-        'silu applies to the gate product only, after the k loop; the up product needs its own accumulator.',
-        'keep two float32 accumulators; in each k step load one A tile and the W_gate and W_up tiles of the same output columns (order=(1, 0) loads them as (TILE_K, TILE_N)) and ct.mma into each; after the loop combine them as silu(gate) * up and store.'),
+        'silu applies to the gate product only, after the k loop; the up product needs its own '
+        'accumulator.',
+        'keep two float32 accumulators; in each k step load one A tile and the W_gate and W_up '
+        'tiles of the same output columns (order=(1, 0) loads them as (TILE_K, TILE_N)) and '
+        'ct.mma into each; after the loop combine them as silu(gate) * up and store.'),
     'moe_intermediate_bytes': (
-        'Every intermediate byte is written once and read once. List the buffers between GEMM1 and GEMM2 in each case.',
-        'rows = T*K replicas; unfused: GEMM1 writes 2I per row, silu_and_mul reads those 2I and writes I, GEMM2 reads I; fused: GEMM1 writes I, GEMM2 reads I; times bytes_per_element.'),
+        'Every intermediate byte is written once and read once. List the buffers between GEMM1 '
+        'and GEMM2 in each case.',
+        'rows = T*K replicas; unfused: GEMM1 writes 2I per row, silu_and_mul reads those 2I and '
+        'writes I, GEMM2 reads I; fused: GEMM1 writes I, GEMM2 reads I; times bytes_per_element.'),
     'moe_slot_positions': (
-        'positions maps replica -> slot. Which value is the index of the scatter, which the value stored? And what must not be stored?',
-        "read the block's replica ids, build this block's slot numbers from ct.bid(0) * TILE_M + ct.arange(TILE_M), and ct.scatter the slots to positions at the replica ids, masked so the sentinel T*K is not stored."),
+        'positions maps replica -> slot. Which value is the index of the scatter, which the value'
+        ' stored? And what must not be stored?',
+        "read the block's replica ids, build this block's slot numbers from ct.bid(0) * TILE_M + "
+        'ct.arange(TILE_M), and ct.scatter the slots to positions at the replica ids, masked so '
+        'the sentinel T*K is not stored.'),
 })
 
 
