@@ -11,6 +11,7 @@ from moe_tutorial.check import _costs
 
 ConstInt = ct.Constant[int]
 ZERO, NEG_INF = ct.PaddingMode.ZERO, ct.PaddingMode.NEG_INF
+SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 
 
 @pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
@@ -133,7 +134,7 @@ def _geglu_factory(half: float, use_silu: bool = False):
         if use_silu:
             act = g / (1.0 + ct.exp(-g))
         else:
-            act = half * g * (1.0 + ct.tanh(math.sqrt(2 / math.pi) * (g + 0.044715 * g * g * g)))
+            act = half * g * (1.0 + ct.tanh(SQRT_2_OVER_PI * (g + 0.044715 * g * g * g)))
         ct.store(out, (i, j), (act * u).astype(out.dtype))
     return geglu
 
