@@ -8,8 +8,9 @@
 Method: fresh random float16 inputs per size; every implementation is checked against a float64
 reference (computed on the GPU) before it is timed; times are GPU times (CUDA events, via
 ``cupyx.profiler.benchmark``) of batches of back-to-back launches, so Python launch overhead
-does not count, after warm-up; the median over the repeats is reported. The ceiling is a
-measured device-to-device ``cudaMemcpyAsync`` of a 512 MiB buffer (bytes read + written).
+does not count, after warm-up; the median over the repeats is reported (``moe_tutorial.timing``).
+The ceiling is the package's copy ceiling, ``timing.copy_bandwidth_gbs``: a measured
+device-to-device ``cudaMemcpyAsync`` of 1 GiB (bytes read + written).
 
 1. Sizes: the defaults (tiles from ``activation.choose_tiles``; approximate division for these
    float16 outputs, ``activation.default_approx_div``; the odd tail columns in their own launch
@@ -37,7 +38,7 @@ import time
 import numpy as np
 
 from . import activation as act
-from . import device
+from . import device, timing
 
 # Problem sizes (M tokens, I intermediate width), all with M * I >= 16M elements; two widths are
 # not powers of two and one M is odd.
@@ -72,36 +73,13 @@ def _cp():
     return cupy
 
 
-# ---------------------------------------------------------------------------------------------
-# Timing
-# ---------------------------------------------------------------------------------------------
-
-def gpu_time_ms(fn, *, n_inner: int = 10, n_repeat: int = 30, n_warmup: int = 3) -> float:
-    """Median GPU time of one call of ``fn``, in ms (batches of ``n_inner`` back-to-back calls
-    hide the host-side launch cost)."""
-    from cupyx.profiler import benchmark
-
-    def batch():
-        for _ in range(n_inner):
-            fn()
-
-    result = benchmark(batch, n_repeat=n_repeat, n_warmup=n_warmup)
-    return float(np.median(result.gpu_times[0])) * 1e3 / n_inner
+copy_bandwidth_gbs = timing.copy_bandwidth_gbs      # the package's copy ceiling (notebook 02)
 
 
-def copy_bandwidth_gbs(nbytes: int = 512 << 20) -> float:
-    """Measured device-to-device copy bandwidth in GB/s, counting bytes read + written."""
-    cp = _cp()
-    src = cp.ones(nbytes, dtype=cp.uint8)
-    dst = cp.empty_like(src)
-    kind = cp.cuda.runtime.memcpyDeviceToDevice
-
-    def copy():
-        cp.cuda.runtime.memcpyAsync(dst.data.ptr, src.data.ptr, nbytes, kind,
-                                    cp.cuda.get_current_stream().ptr)
-
-    ms = gpu_time_ms(copy, n_inner=5, n_repeat=20)
-    return 2 * nbytes / (ms * 1e-3) / 1e9
+def gpu_time_ms(fn, *, n_inner: int = 10) -> float:
+    """Median GPU time of one call of ``fn`` in ms: ``timing.median_ms`` of batches of
+    ``n_inner`` back-to-back calls (they hide the host-side launch cost)."""
+    return timing.median_ms(fn, n_inner=n_inner)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,7 +313,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     print(device.describe())
     copy_gbs = copy_bandwidth_gbs()
-    print(f"\nmeasured device-to-device copy (cudaMemcpyAsync, 512 MiB, read + write): "
+    print(f"\nmeasured device-to-device copy (cudaMemcpyAsync, 1 GiB, read + write): "
           f"{copy_gbs:.0f} GB/s\n")
 
     rows = []
