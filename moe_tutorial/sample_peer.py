@@ -194,5 +194,18 @@ def moe_forward(hidden_states, w1, w2, topk_weights, topk_ids, *, tiles=SAMPLE_T
                                expert_ids, tiles=tiles)
 
 
+def compile_cases():
+    """``(case_id, kernel, params)`` of the launches the benchmark makes, float16, the sample's
+    tiles: GEMM1 (no router weight), GEMM2 (router weight), the activation (I = 768 -> 1024)."""
+    from .compile import array, scalar
+    f16 = ct.float16
+    gemm = [array(f16, 2), array(f16, 3), array(f16, 2), array(ct.float32, 1),
+            array(ct.int32, 1), array(ct.int32, 1), scalar(ct.int32)]
+    return [(f"sample_gemm{1 + mul}_float16", sample_gemm_kernel,
+             gemm + [mul, *SAMPLE_TILES, GROUP_SIZE_M]) for mul in (False, True)] + \
+        [("sample_silu_and_mul_float16", sample_silu_and_mul_kernel,
+          [array(f16, 2), array(f16, 2), array(f16, 2), _next_pow2(768)])]
+
+
 __all__ = ["SAMPLE_TILES", "GROUP_SIZE_M", "align", "gemm", "silu_and_mul", "moe_forward",
            "moe_forward_aligned", "sample_gemm_kernel", "sample_silu_and_mul_kernel"]
