@@ -55,8 +55,6 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
-
 from . import autotune, device, layer, presets, sample_peer, timing, tuning
 from . import reference as ref
 from .fused_moe import LayerConfig, default_tile_config
