@@ -14,7 +14,9 @@ can compare against the sample without torch. What is the same as the sample:
   weight tile a ``ct.load`` of ``B (E, N, Kd)`` with ``order=(0, 2, 1)`` and zero padding,
   reshaped to ``(TILE_K, TILE_N)``; float32 ``ct.mma``; the router weight gathered by token id;
   the tile scattered to rows ``token_id`` of C (sentinel rows fall outside C and are dropped).
-  No mask, no ``expert < 0`` guard, int32 indexing -- as in the sample;
+  No mask, no ``expert < 0`` guard, int32 indexing -- as in the sample, which relies on
+  cuTile reading 0 for out-of-bounds gather indices and dropping out-of-bounds scatters (so
+  the emulator's opt-in strict mode, which flags every out-of-bounds index, rejects it);
 * the activation kernel (``sample_silu_and_mul_kernel``): one block per row, a
   ``(1, next_pow2(I))`` tile of the gate half and of the up half (two strided views of GEMM1's
   output), ``silu(g) * u`` in float32 with ``flush_to_zero`` and an approximate division;

@@ -240,3 +240,26 @@ def test_search_times_candidates_with_cuda_tile_tune():
         assert ref.relative_error(got, want) < 2e-3
     del prob
     cp.get_default_memory_pool().free_all_blocks()
+
+
+@pytest.mark.gpu
+def test_the_fallback_timer_is_the_shared_harness(monkeypatch):
+    """When cuda.tile.tune cannot run, ``search`` times the candidates with
+    ``timing.median_ms``: every candidate gets a positive time, the best is one of them."""
+    import cuda.tile as ct
+    from moe_tutorial import timing
+    shape = presets.shape_from_spec("32,256,8,128,2")
+    prob, r = tuning.shape_problem(shape)
+    g = tuning.GemmProblem("gemm2", prob, r, tuning.gemm2_input(prob, r, 16), 16)
+    calls = []
+    real = timing.median_ms
+    monkeypatch.setattr(timing, "median_ms", lambda fn, **kw: calls.append(1) or real(fn, **kw))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("tuner unavailable")
+
+    monkeypatch.setattr(ct.tune, "exhaustive_search", broken)
+    cands = tuning.gemm_candidates(16, 256, 128)[:2]
+    res = tuning.search(g, cands)
+    assert len(calls) == len(cands) and res["best"] in cands
+    assert all(us is not None and us > 0 for _, us, _ in res["results"])
