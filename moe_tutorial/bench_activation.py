@@ -298,18 +298,9 @@ def summarize(M: int, I: int, tuning_rows, size_rows) -> str:
     return text
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--no-hints", action="store_true",
-                        help="tune tile shapes only (no compiler-hint variants)")
-    parser.add_argument("--sweep", action="store_true",
-                        help="also a bigger tile sweep at M=8192, I=2048")
-    parser.add_argument("--json", help="also write all rows to this JSON file")
-    args = parser.parse_args(argv)
-
-    if device.backend() != "gpu":
-        print(f"bench_activation needs a GPU ({device.gpu_status()[1]}); nothing measured.")
-        return 0
+def run(*, hints: bool = True, sweep_tiles: bool = False, json_path=None) -> bool:
+    """The benchmark (see the module); prints its tables, returns whether every variant that
+    ran was correct."""
     t0 = time.perf_counter()
     print(device.describe())
     copy_gbs = copy_bandwidth_gbs()
@@ -329,7 +320,7 @@ def main(argv=None) -> int:
         t1 = time.perf_counter()
         if act.choose_tiles(M, I) not in tiles:
             tiles = tiles + [act.choose_tiles(M, I)]          # always measure the default rule
-        tuning[(M, I)] = tune_shape(M, I, tiles, [] if args.no_hints else hint_list, copy_gbs)
+        tuning[(M, I)] = tune_shape(M, I, tiles, hint_list if hints else [], copy_gbs)
         print(f"\n2. tuning at M={M}, I={I} (default rule: {act.choose_tiles(M, I)}); tile "
               f"shapes, then hints on the fastest tile shape; fastest first "
               f"[{time.perf_counter() - t1:.0f} s, {len(tuning[(M, I)])} variants]")
@@ -337,7 +328,7 @@ def main(argv=None) -> int:
                                                                                nan=np.inf)))))
 
     sweep = []
-    if args.sweep:
+    if sweep_tiles:
         sweep = tile_sweep(*SWEEP_SIZE, BIG_SWEEP, copy_gbs)
         print(f"\nbig tile sweep at M={SWEEP_SIZE[0]}, I={SWEEP_SIZE[1]}")
         print(format_table(sorted(sweep, key=lambda r: np.nan_to_num(r["ms"], nan=np.inf))))
@@ -348,13 +339,27 @@ def main(argv=None) -> int:
         print(summarize(M, I, tuning_rows, rows))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
-    if args.json:
-        with open(args.json, "w") as f:
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump({"device": device.describe(), "copy_GB/s": copy_gbs, "sizes": rows,
                        "tuning": [r for rs in tuning.values() for r in rs], "sweep": sweep},
                       f, indent=1)
     all_rows = rows + sweep + [r for rs in tuning.values() for r in rs]
-    return 0 if all(r["correct"] is not False for r in all_rows) else 1
+    return all(r["correct"] is not False for r in all_rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--no-hints", action="store_true",
+                        help="tune tile shapes only (no compiler-hint variants)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also a bigger tile sweep at M=8192, I=2048")
+    parser.add_argument("--json", help="also write all rows to this JSON file")
+    args = parser.parse_args(argv)
+    if device.backend() != "gpu":
+        print(f"bench_activation needs a GPU ({device.gpu_status()[1]}); nothing measured.")
+        return 0
+    return 0 if run(hints=not args.no_hints, sweep_tiles=args.sweep, json_path=args.json) else 1
 
 
 if __name__ == "__main__":

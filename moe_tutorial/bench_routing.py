@@ -361,6 +361,25 @@ def sweep(table, n_repeat, t=4096, k=8, e=128, tile_m=64):
                 setattr(routing, knob, default)
 
 
+def run(*, repeat: int = 200, sweep_constants: bool = False) -> "Table":
+    """The benchmark (see the module): prints its rows as they come, returns the table."""
+    print(device.describe())
+    print("Every result is checked against the NumPy references first (graph rows: the "
+          "replayed results too). Times in us, medians.\n")
+    t0 = time.perf_counter()
+    table = Table()
+    rng = np.random.default_rng(0)
+    for name, t, k, e, tile_m in SHAPES:
+        run_shape(table, name, t, k, e, tile_m, repeat, rng)
+    run_grouped(table, repeat, rng)
+    print()
+    launch_overhead(table)
+    if sweep_constants:
+        sweep(table, repeat)
+    print(f"\nbenchmark took {time.perf_counter() - t0:.0f} s")
+    return table
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=200, help="timed eager runs per row")
@@ -372,20 +391,7 @@ def main(argv=None) -> int:
         print(f"bench_routing needs a GPU: {device.gpu_status()[1]}. Nothing to measure on the "
               "CPU emulator (its timings say nothing about the GPU).")
         return 0
-    print(device.describe())
-    print("Every result is checked against the NumPy references first (graph rows: the "
-          "replayed results too). Times in us, medians.\n")
-    t0 = time.perf_counter()
-    table = Table()
-    rng = np.random.default_rng(0)
-    for name, t, k, e, tile_m in SHAPES:
-        run_shape(table, name, t, k, e, tile_m, args.repeat, rng)
-    run_grouped(table, args.repeat, rng)
-    print()
-    launch_overhead(table)
-    if args.sweep:
-        sweep(table, args.repeat)
-    print(f"\nbenchmark took {time.perf_counter() - t0:.0f} s")
+    run(repeat=args.repeat, sweep_constants=args.sweep)
     return 0
 
 

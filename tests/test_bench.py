@@ -74,9 +74,11 @@ def test_the_cost_model_and_the_tables_step_names_agree():
 def test_on_the_cpu_it_says_it_needs_a_gpu(capsys):
     if device.gpu_status()[0]:
         pytest.skip("a GPU is present: the benchmark would run for minutes")
-    for argv in ([], ["--tune"], ["--shape", "1,2,3,4,2"]):
+    for argv in ([], ["--tune"], ["--shape", "1,2,3,4,2"], ["--compare-sample-dir", "x"]):
         assert bench.main(argv) == 0
         assert "needs a GPU" in capsys.readouterr().out
+    from moe_tutorial import bench_routing
+    assert bench_routing.main([]) == 0 and "needs a GPU" in capsys.readouterr().out
 
 
 def test_shape_specs():
