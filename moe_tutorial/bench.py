@@ -86,6 +86,7 @@ LABELS = {
     "torch": "torch._grouped_mm layer (bf16, routing given)",
     "cupy_loop": "CuPy per-expert loop (routing given)",
 }
+SAMPLE_PEER = "re-implemented"   # rows' "sample_peer": the peers are moe_tutorial.sample_peer
 OURS = ("graph_fused", "fused", "tuned", "default", "graph", "gather", "fused_tb")
 FUSED = ("graph_fused", "fused", "fused_tb")     # variants with the SwiGLU epilogue
 PEERS = ("sample_kernels", "torch", "sample_e2e", "cupy_loop")
@@ -226,7 +227,7 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
     row = {"shape": shape.name, "dims": [T, H, E, I, K], "experts_used": used, "flops": flops,
            "bytes": nbytes, "floor_ms": floor, "variants": {},
            "configs": {"default": _cfg_names(default), "tuned": _cfg_names(tuned),
-                       "fused": _cfg_names(fused)}}
+                       "fused": _cfg_names(fused)}, "sample_peer": SAMPLE_PEER}
     n = min(T, CHECK_TOKENS)
     want = ref.moe_forward(args[0][:n], args[1], args[2], args[3][:n], K, **kw)
     bound = "memory" if nbytes / (bw * 1e9) > flops / (peak * 1e12) else "compute"
@@ -388,10 +389,13 @@ def _cell(row, key) -> str:
 
 
 def summary_table(rows, gpu: str) -> str:
-    """The issue's table with our columns, as markdown."""
-    head = ("| shape (T, H, E, I, top-k) | floor | ours best | ours eager (fused) "
-            "| cuTile sample (re-implemented) e2e | cuTile sample (re-implemented) kernels "
-            "| torch._grouped_mm | ours / floor | target |")
+    """The issue's table with our columns, as markdown. Rows recorded before the sample peer
+    was re-implemented (no ``sample_peer`` key) label their sample columns for what they were."""
+    sample = "cuTile sample (re-implemented)" if all(
+        r.get("sample_peer") == SAMPLE_PEER for r in rows) else \
+        "sample-style peer (our gather kernel with the sample's tiles, not the sample)"
+    head = (f"| shape (T, H, E, I, top-k) | floor | ours best | ours eager (fused) "
+            f"| {sample}: e2e | {sample}: kernels | torch._grouped_mm | ours / floor | target |")
     lines = [f"Measured on {gpu} (float16; torch in bfloat16), median ms:", "", head,
              "|" + "---|" * 9]
     for r in rows:

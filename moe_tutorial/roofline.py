@@ -100,8 +100,9 @@ def plot_roofline(rows, ceilings, path=None, *, title=""):
     bw, peak = ceilings
     fig, ax = plt.subplots(figsize=(9, 5.5))
     draw_roof(ax, bw, peak)
-    marks = {"best": ("o", "ours (best)"),
-             "sample_kernels": ("s", "cuTile sample (re-implemented), kernels"),
+    sample = ("cuTile sample (re-implemented), kernels" if all(r.get("sample_peer") for r in rows)
+              else "sample-style peer (our gather kernel), kernels")     # older recordings
+    marks = {"best": ("o", "ours (best)"), "sample_kernels": ("s", sample),
              "torch": ("^", "torch._grouped_mm")}
     seen = set()
     for r in rows:

@@ -127,7 +127,10 @@ def test_report_table_and_limits():
     rows[0]["steps_us"] = {"router": 10.0, "align": 20.0, layer.FUSED_STEP: 600.0,
                            "gemm2 (down, x weight)": 400.0, "sum over top-k": 70.0}
     rows[0]["steps_of"] = "graph_fused"
+    assert "sample-style peer" in bench.summary_table(rows, "Test GPU")   # an old recording
+    rows[0]["sample_peer"] = bench.SAMPLE_PEER
     text = bench.summary_table(rows, "Test GPU")
+    assert "cuTile sample (re-implemented): kernels" in text
     assert "Test GPU" in text and "| 1.000 | 1.100 (graph_fused) | 1.300 | n/a | 1.500 | error |" \
         in text and "| 1.10 | met |" in text
     why = bench.limits(rows[0], (3000.0, 800.0))
