@@ -148,15 +148,47 @@ _warned: set = set()
 
 def table_path(gpu: str | None = None) -> Path | None:
     """The table ``lookup`` reads: ``$MOE_TUTORIAL_TUNED_CONFIGS`` if set, else
-    ``configs/<gpu name>.json`` for ``gpu`` (default: the current GPU). None when lookups are
-    off or there is no GPU name."""
+    ``configs/<gpu name>.json`` for ``gpu`` (default: the current GPU). For the current GPU
+    without a table of its own, the table of a GPU of the same architecture (``"arch"`` in the
+    table, e.g. ``sm_90``: an H200 gets the H100's), with a one-line note the first time. None
+    when lookups are off, there is no GPU name or no table fits."""
     env = os.environ.get(ENV_TABLE, "").strip()
     if env.lower() in ("off", "none", "0"):
         return None
     if env:
         return Path(env)
-    gpu = gpu or gpu_name()
-    return CONFIG_DIR / file_name(gpu) if gpu else None
+    if gpu is not None:
+        return CONFIG_DIR / file_name(gpu)
+    gpu = gpu_name()
+    if gpu is None:
+        return None
+    own = CONFIG_DIR / file_name(gpu)
+    if own.exists():
+        return own
+    return nearest_table(gpu, current_arch())
+
+
+def current_arch() -> str | None:
+    """``sm_XY`` of the current GPU, None without one."""
+    from . import device
+    if not device.gpu_status()[0]:
+        return None
+    import cupy as cp
+    return "sm_" + cp.cuda.Device().compute_capability
+
+
+def nearest_table(gpu: str, arch: str | None) -> Path | None:
+    """The table of another GPU of architecture ``arch`` (first by file name), announced once."""
+    for path in sorted(CONFIG_DIR.glob("*.json")):
+        loaded = load_table(path)
+        if loaded is not None and arch is not None and loaded[0].get("arch") == arch:
+            if gpu not in _warned:
+                _warned.add(gpu)
+                print(f"moe_tutorial: no tuned tile table for {gpu}; using the one tuned on "
+                      f"{loaded[0]['gpu']} (same architecture, {arch}). "
+                      f"`python -m moe_tutorial.bench --tune` makes one for this GPU.")
+            return path
+    return None
 
 
 def load_table(path) -> tuple[dict, list[dict]] | None:
@@ -212,7 +244,8 @@ def lookup(num_tokens: int, hidden: int, num_experts: int, intermediate: int, to
 def write_table(path, gpu: str, entries: list[dict], *, command: str = "") -> None:
     """Write a table atomically (a temporary file renamed over ``path``)."""
     import cuda.tile as ct
-    table = {"format": FORMAT, "gpu": gpu, "dtype": "float16", "cuda_tile": ct.__version__,
+    table = {"format": FORMAT, "gpu": gpu, "arch": current_arch(), "dtype": "float16",
+             "cuda_tile": ct.__version__,
              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              "command": command, "entries": entries}
     validate_table(json.loads(json.dumps(table)))

@@ -263,3 +263,20 @@ def test_the_fallback_timer_is_the_shared_harness(monkeypatch):
     res = tuning.search(g, cands)
     assert len(calls) == len(cands) and res["best"] in cands
     assert all(us is not None and us > 0 for _, us, _ in res["results"])
+
+
+def test_a_gpu_without_a_table_uses_one_of_its_architecture(monkeypatch, capsys):
+    """A Hopper GPU with no table of its own gets the H100's sm_90 table, with a one-line note once;
+    a GPU of another architecture gets none (the default rule)."""
+    monkeypatch.delenv(tuning.ENV_TABLE, raising=False)
+    monkeypatch.setattr(tuning, "_warned", set())
+    monkeypatch.setattr(tuning, "gpu_name", lambda: "NVIDIA Hopper without a table")
+    monkeypatch.setattr(tuning, "current_arch", lambda: "sm_90")
+    path = tuning.table_path()
+    assert path is not None and path.name == "NVIDIA_H100_80GB_HBM3.json"
+    assert tuning.table_path() == path
+    note = capsys.readouterr().out
+    assert note.count("no tuned tile table for NVIDIA Hopper without a table") == 1 and "sm_90" in note
+    monkeypatch.setattr(tuning, "current_arch", lambda: "sm_120")
+    assert tuning.table_path() is None
+    assert tuning.table_path("NVIDIA H100 80GB HBM3").name == "NVIDIA_H100_80GB_HBM3.json"
