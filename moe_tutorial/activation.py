@@ -32,7 +32,7 @@ import numpy as np
 
 import cuda.tile as ct
 
-from . import device
+from . import arguments, device, reference
 
 ConstInt = ct.Constant[int]
 ConstBool = ct.Constant[bool]
@@ -185,12 +185,6 @@ def _usable_strides(a) -> bool:
     return all(s >= 0 and s % a.itemsize == 0 for s in a.strides)
 
 
-def _overlaps(xp, a, b) -> bool:
-    if not xp.may_share_memory(a, b):        # cheap test of the address ranges
-        return False
-    return bool(xp.shares_memory(a, b))      # exact (only reached when the ranges intersect)
-
-
 def _prepare(x, out):
     """Validate ``x`` and ``out``; return ``(xp, x, out, M, I)`` ready for a launch."""
     xp = device.array_module(x)
@@ -227,7 +221,7 @@ def _prepare(x, out):
                      or any(s == 0 and n > 1 for s, n in zip(out.strides, out.shape))):
         raise ValueError(f"out must have positive strides that are whole elements; "
                          f"got strides {out.strides} (bytes)")
-    if _overlaps(xp, out, x):
+    if arguments.overlaps(out, x):
         raise ValueError("out must not overlap x (the kernel reads x while it writes out)")
     return xp, x, out, M, I
 
@@ -397,12 +391,9 @@ def silu_and_mul_rowwise(x, out=None):
 # ---------------------------------------------------------------------------------------------
 
 def silu_and_mul_reference(x) -> np.ndarray:
-    """float64 NumPy reference (accepts NumPy or CuPy input; returns NumPy float64)."""
-    x64 = device.to_numpy(x).astype(np.float64)
-    I = x64.shape[-1] // 2
-    g, u = x64[..., :I], x64[..., I:]
-    with np.errstate(over="ignore", invalid="ignore"):
-        return g / (1.0 + np.exp(-g)) * u
+    """``reference.silu_and_mul`` on the host: accepts NumPy or CuPy input, returns NumPy
+    float64 (kept under this name for the notebooks)."""
+    return reference.silu_and_mul(device.to_numpy(x))
 
 
 def tolerance(dtype) -> tuple[float, float]:
