@@ -29,7 +29,7 @@ def require_array(fn, name, a, ndim=None, dtypes=None, what=None):
         shape = f" with shape {what}" if what else ""
         fail(fn, ValueError, f"{name} must be {ndim}-D{shape}, got shape {tuple(a.shape)}")
     if dtypes is not None and np.dtype(a.dtype).name not in dtypes:
-        fail(fn, TypeError, f"{name} must have dtype {' or '.join(dtypes)}, got {a.dtype}")
+        fail(fn, TypeError, f"{name} must be {' or '.join(dtypes)}, got {a.dtype}")
     return a
 
 

@@ -441,8 +441,8 @@ def _dtype_name(a) -> str:
     return np.dtype(a.dtype).name
 
 
-def _require_array(name, a, ndim, fn):
-    arguments.require_array(fn, name, a, ndim)
+def _require_array(name, a, ndim, fn, dtypes=None):
+    arguments.require_array(fn, name, a, ndim, dtypes)
 
 
 _require_same_device = arguments.require_same_device
@@ -541,9 +541,9 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
     arguments.require_bool(fn, "validate", validate)
     _require_array("a", a, 2, fn)
     _require_array("w", w, 3, fn)
-    _require_array("sorted_token_ids", sorted_token_ids, 1, fn)
-    _require_array("expert_ids", expert_ids, 1, fn)
-    _check_positive_int(fn, "top_k", top_k)
+    _require_array("sorted_token_ids", sorted_token_ids, 1, fn, ("int32",))
+    _require_array("expert_ids", expert_ids, 1, fn, ("int32",))
+    top_k = _check_positive_int(fn, "top_k", top_k)
     _require_same_device(fn, a=a, w=w, sorted_token_ids=sorted_token_ids, expert_ids=expert_ids,
                          topk_weights=topk_weights, out=out)
     for name, x in (("a", a), ("w", w)):
@@ -555,9 +555,6 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
     if a.shape[1] != w.shape[2]:
         raise ValueError(f"{fn}: a has {a.shape[1]} columns but w is (E, N, Kd) with "
                          f"Kd={w.shape[2]}; they must match (w has shape {tuple(w.shape)})")
-    for name, x in (("sorted_token_ids", sorted_token_ids), ("expert_ids", expert_ids)):
-        if _dtype_name(x) != "int32":
-            raise TypeError(f"{fn}: {name} must be int32, got {x.dtype}")
     config = config or TileConfig()
     if not isinstance(config, TileConfig):
         raise TypeError(f"{fn}: config must be a TileConfig, got {type(config).__name__}")
@@ -565,8 +562,7 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
         raise ValueError(f"{fn}: sorted_token_ids has {sorted_token_ids.shape[0]} entries but "
                          f"expert_ids has {expert_ids.shape[0]} blocks of tile_m="
                          f"{config.tile_m}; align() must be called with the same tile_m")
-    if not isinstance(sorted_rows, bool):
-        raise TypeError(f"{fn}: sorted_rows must be a bool, got {sorted_rows!r}")
+    sorted_rows = arguments.require_bool(fn, "sorted_rows", sorted_rows)
     slots = sorted_token_ids.shape[0]
     if sorted_rows and a.shape[0] != slots:
         raise ValueError(f"{fn}: with sorted_rows=True, a must have one row per slot of "
@@ -698,21 +694,16 @@ def moe_sum(y, topk_ids, num_experts: int, *, expert_map=None, positions=None, o
     T, K = topk_ids.shape
     has_pos = positions is not None
     if has_pos:
-        _require_array("positions", positions, 1, fn)
-        if _dtype_name(positions) != "int32":
-            raise TypeError(f"{fn}: positions must be int32, got {positions.dtype}")
+        _require_array("positions", positions, 1, fn, ("int32",))
         if positions.shape[0] != T * K:
             raise ValueError(f"{fn}: positions must be ({T * K},) (one slot per replica), got "
                              f"{tuple(positions.shape)}")
     elif y.shape[0] != T * K:
         raise ValueError(f"{fn}: y has {y.shape[0]} rows, expected T*K = {T * K}")
-    if _dtype_name(topk_ids) != "int32":
-        raise TypeError(f"{fn}: topk_ids must be int32, got {topk_ids.dtype}")
+    _require_array("topk_ids", topk_ids, 2, fn, ("int32",))
     has_map = expert_map is not None
     if has_map:
-        _require_array("expert_map", expert_map, 1, fn)
-        if _dtype_name(expert_map) != "int32":
-            raise TypeError(f"{fn}: expert_map must be a 1-D int32 array")
+        _require_array("expert_map", expert_map, 1, fn, ("int32",))
     xp = device.array_module(y)
     H = y.shape[1]
     if out is None:
@@ -768,15 +759,12 @@ def permute_rows(x, sorted_token_ids, expert_ids, top_k: int, *, out=None, posit
     the cost of one copy of the rows (see notebook 05)."""
     fn = "permute_rows"
     _require_array("x", x, 2, fn)
-    _require_array("sorted_token_ids", sorted_token_ids, 1, fn)
-    _require_array("expert_ids", expert_ids, 1, fn)
+    _require_array("sorted_token_ids", sorted_token_ids, 1, fn, ("int32",))
+    _require_array("expert_ids", expert_ids, 1, fn, ("int32",))
     top_k = _check_positive_int(fn, "top_k", top_k)
     validate = arguments.require_bool(fn, "validate", validate)
     _require_same_device(fn, x=x, sorted_token_ids=sorted_token_ids, expert_ids=expert_ids,
                          out=out, positions=positions)
-    for name, v in (("sorted_token_ids", sorted_token_ids), ("expert_ids", expert_ids)):
-        if _dtype_name(v) != "int32":
-            raise TypeError(f"{fn}: {name} must be int32, got {v.dtype}")
     slots, num_m = sorted_token_ids.shape[0], expert_ids.shape[0]
     if num_m == 0 or slots % num_m or (slots // num_m) & (slots // num_m - 1):
         raise ValueError(f"{fn}: sorted_token_ids ({slots}) must hold a power-of-two number of "
@@ -793,9 +781,7 @@ def permute_rows(x, sorted_token_ids, expert_ids, top_k: int, *, out=None, posit
     if positions is None:
         positions = xp.empty((R,), dtype=xp.int32)
     else:
-        _require_array("positions", positions, 1, fn)
-        if _dtype_name(positions) != "int32":
-            raise TypeError(f"{fn}: positions must be int32, got {positions.dtype}")
+        _require_array("positions", positions, 1, fn, ("int32",))
         if positions.shape[0] != R:
             raise ValueError(f"{fn}: positions must be ({R},), got {tuple(positions.shape)}")
         arguments.require_out(fn, "positions", positions, (R,), np.int32, reads,

@@ -34,7 +34,10 @@ Because a replica's slot depends only on counts (never on which block ran first)
 deterministic and stable: inside an expert, replicas appear in ascending index order.
 
 Every function accepts and returns CuPy arrays on the GPU and NumPy arrays on the CPU (the
-emulator); ``*_reference`` functions are the float64 NumPy ground truth.
+emulator). The float64 ground truth lives in ``moe_tutorial.reference`` (``*_reference`` here
+are the same functions under the names the notebooks use). Outputs can be passed in
+(``out=``, ``workspace=``), e.g. buffers filled with NaN by a test; ``AlignSettings`` holds
+how ``align`` splits its work.
 """
 from __future__ import annotations
 
