@@ -172,11 +172,9 @@ def _supported_dtypes(xp):
 
 
 def _check_tile(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int (a power of two), got {value!r}")
-    value = int(value)
+    value = arguments.require_int(None, name, value)
     if value < 1 or value & (value - 1):
-        raise ValueError(f"{name} must be a positive power of two, got {value}")
+        arguments.fail(None, ValueError, f"{name} must be a positive power of two, got {value}")
     return value
 
 
@@ -215,14 +213,11 @@ def _prepare(x, out):
                          f"{tuple(x.shape)}; got {tuple(out.shape)}")
     if out.dtype not in dtypes:
         raise TypeError(f"out.dtype must be one of {[str(d) for d in dtypes]}, got {out.dtype}")
-    if xp is np and not out.flags.writeable:
-        raise ValueError("out is read-only")
     if out.size and (not _usable_strides(out)
                      or any(s == 0 and n > 1 for s, n in zip(out.strides, out.shape))):
         raise ValueError(f"out must have positive strides that are whole elements; "
                          f"got strides {out.strides} (bytes)")
-    if arguments.overlaps(out, x):
-        raise ValueError("out must not overlap x (the kernel reads x while it writes out)")
+    arguments.require_out(None, "out", out, out.shape, out.dtype, (("x", x),))
     return xp, x, out, M, I
 
 

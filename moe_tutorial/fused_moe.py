@@ -527,9 +527,12 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
     ``swiglu=True`` (GEMM1 only): ``out[r] = silu(gate) * up`` of width ``N = w.shape[1] // 2``,
     with gate = the first half of ``w``'s rows and up = the second (``fused_moe_swiglu_kernel``).
     ``sorted_token_ids``/``expert_ids`` come from ``routing.align`` with ``tile_m ==
-    config.tile_m``. ``out`` (a.shape[0] * top_k, N), allocated when None; rows of replicas
-    not listed are left untouched. ``validate`` checks the expert ids' range (a host sync on the
-    GPU; ``moe_forward`` passes False). Returns ``out``.
+    config.tile_m``. ``out`` (a.shape[0] * top_k, N), allocated when None (else writable and
+    not overlapping any input); rows of replicas not listed are left untouched. ``validate``
+    (a host sync on the GPU; ``moe_forward`` passes False) checks the values: expert ids in
+    ``[-1, E)``, and ``sorted_token_ids`` as ``align`` makes them for these ``T*K`` replicas
+    (in ``[0, T*K]``, none twice, ending with the sentinel ``T*K``). Without it the ids are
+    trusted: a value out of range is not detected. Returns ``out``.
 
     ``sorted_rows=True`` (notebook 05): ``a`` and ``out`` are in *slot order* -- row ``p``
     belongs to replica ``sorted_token_ids[p]``: ``a`` is ``(S, Kd)`` with ``S =
