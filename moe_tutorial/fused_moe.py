@@ -20,16 +20,12 @@ the token replicas ``r = t*K + k`` by expert and padded every group to a multipl
    scatters the rows back to their replica rows of C, masking sentinel rows and the N edge.
 
 Index arithmetic cannot overflow int32 (the vLLM/SGLang ``stride * token > 2**31`` bug):
-- gathers and scatters take one index per axis; cuTile widens each to 64 bits before
-  multiplying by the stride (``_gather_scatter_pointer_and_mask`` casts to uint64), so flat
-  offsets such as ``replica * N + col`` are never formed in int32;
-- the weights' tile address ``expert * stride0 + ...`` reaches ``E * 2I * H`` = 7.5e9 elements
-  for DeepSeek-V3's ``w1`` (>> 2**31): when the weights are that big (``needs_int64_indexing``)
-  the wrapper launches ``fused_moe_kernel_int64``, whose ``W: ct.IndexedWithInt64`` makes cuTile
-  compute those addresses in 64 bits; smaller weights keep the cheaper int32 kernel (sm_90:
-  ~1700 fewer SASS instructions);
-- every value that stays in int32 is bounded by an array extent that ``ct.launch`` itself
-  refuses above 2**31 - 1 (T*K replicas, H, 2I).
+cuTile forms every address in 64 bits -- gathers and scatters widen each per-axis index before
+multiplying by the stride, and tile loads/stores (TMA or not) were exact past element 2**31 on
+an H200 (``needs_int64_indexing``) -- so only an array whose own extent or stride passes int32,
+which ``ct.launch`` refuses with int32 indexing, needs ``ct.IndexedWithInt64``: for weights, the
+wrapper then launches ``fused_moe_kernel_int64``. Every value that stays in int32 is bounded by
+such an extent (T*K replicas, H, 2I).
 
 Notebook 05 adds the performance variants: ``fused_moe_swiglu_kernel`` (GEMM1 with the SwiGLU
 epilogue: the gate and up tiles of the same columns in two accumulators, ``silu(gate) * up``
@@ -71,6 +67,17 @@ def swizzle_2d(bid, num_m, num_n, GROUP_SIZE_M):
     pid_m = first_m + bid % group_m
     pid_n = (bid % blocks_per_group) // group_m
     return pid_m, pid_n
+
+
+def block_replicas(sorted_token_ids, pid_m, TILE_M):
+    """The ``TILE_M`` replica ids of m-block ``pid_m``, read with ``ct.gather`` into registers.
+
+    Not ``ct.load(sorted_token_ids, (pid_m,), shape=(TILE_M,))``, although it reads the same
+    values: the compiler issues that load as a TMA bulk copy into shared memory, and a gather
+    whose row indices come from there is no longer pipelined (sm_90: 8 instead of 40 cp.async
+    copies and 16 instead of 40 wgmma in the code, twice the instructions); the GEMM ran 4-5x
+    slower on an H200 (notebook 03 measures both)."""
+    return ct.gather(sorted_token_ids, pid_m * TILE_M + ct.arange(TILE_M, dtype=ct.int32))
 
 
 def a_tile(A, pid_m, kt, a_rows, valid, TILE_M, TILE_K, SORTED):
@@ -139,7 +146,7 @@ def fused_moe_tile(A, W, C, topk_weights, sorted_token_ids, expert_ids, ROW_DIV,
     # nothing at all. (Written as an `if` around the body rather than an early `return`: inside
     # a helper function the return costs the compiler extra instructions.)
     if (expert >= 0) & (expert < W.shape[0]):
-        replicas = ct.load(sorted_token_ids, (pid_m,), shape=(TILE_M,))
+        replicas = block_replicas(sorted_token_ids, pid_m, TILE_M)
         # sentinel T*K marks padding slots (in slot order C has more rows than T*K; the
         # router weights have exactly T*K, and only they need `valid` then)
         num_replicas = topk_weights.shape[0] if SORTED else C.shape[0]
@@ -206,7 +213,7 @@ def fused_moe_swiglu_tile(A, W_gate, W_up, C, sorted_token_ids, expert_ids, ROW_
     pid_m, pid_n = swizzle_2d(ct.bid(0), num_m, num_n, GROUP_SIZE_M)
     expert = ct.load(expert_ids, (pid_m,), shape=())
     if (expert >= 0) & (expert < W_gate.shape[0]):
-        replicas = ct.load(sorted_token_ids, (pid_m,), shape=(TILE_M,))
+        replicas = block_replicas(sorted_token_ids, pid_m, TILE_M)
         valid = replicas < C.shape[0]                 # (not needed when SORTED)
         a_rows = replicas // ROW_DIV
         lat = LATENCY if LATENCY > 0 else None
@@ -256,7 +263,7 @@ def permute_rows_kernel(X, sorted_token_ids, expert_ids, out, positions, num_rep
     pid_m, pid_h = ct.bid(0), ct.bid(1)
     expert = ct.load(expert_ids, (pid_m,), shape=())
     if expert >= 0:
-        replicas = ct.load(sorted_token_ids, (pid_m,), shape=(TILE_M,))
+        replicas = block_replicas(sorted_token_ids, pid_m, TILE_M)
         valid = replicas < num_replicas
         cols = pid_h * TILE_H + ct.arange(TILE_H, dtype=ct.int32)
         slots = pid_m * TILE_M + ct.arange(TILE_M, dtype=ct.int32)
@@ -477,41 +484,40 @@ def _check_slot_ids(fn, sorted_token_ids, num_replicas, tile_m, what):
 INT32_MAX = 2**31 - 1
 
 
-def offsets_pass_int32(shape, strides, tile) -> bool:
-    """Can an element offset into an array of ``shape`` with ``strides`` (in elements) pass
-    int32 -- counting the padded part of the last tiles, up to one ``tile`` past each edge?"""
-    reach = sum((n - 1 + t) * st for n, st, t in zip(shape, strides, tile))
-    return reach > INT32_MAX
+def needs_int64_indexing(shape, strides) -> bool:
+    """Does an extent or a stride (in elements) of the weights pass int32? Only then does
+    ``fused_moe_matmul`` launch ``fused_moe_kernel_int64`` (``W: ct.IndexedWithInt64``: shape and
+    strides held in 64 bits): ``ct.launch`` refuses such an array with int32 indexing.
+
+    The *element offset* of a tile may pass 2**31 with int32 indexing: cuTile forms tile and
+    gather addresses in 64 bits. Measured on an H200 (cuda-tile 1.7): tile loads (TMA and not,
+    with and without ``order=``) of the last expert of a (40, 8192, 8192) array, tile stores and
+    row gathers/scatters past element 2**31 of a (532480, 4096) array were all exact, and the
+    int32 kernel gave bit-identical GEMMs on DeepSeek-V3's 7.5e9-element ``w1``, where the int64
+    one was 11% slower (its weight tile is no longer a TMA load)."""
+    return max(*shape, *strides) > INT32_MAX
 
 
-def needs_int64_indexing(shape, strides, config: TileConfig) -> bool:
-    """Can an element offset of the weights ``(E, N, Kd)``, ``e*s0 + n*s1 + k*s2``, pass
-    int32 (see ``offsets_pass_int32``)? DeepSeek-V3's w1 (256, 4096, 7168) can; Mixtral's
-    (8, 28672, 4096) = 9.4e8 elements cannot."""
-    return offsets_pass_int32(shape, strides, (0, config.tile_n, config.tile_k))
+
+def offsets_pass_int32(shape, strides) -> bool:
+    """Can an element offset into an array of ``shape`` (``strides`` in elements) pass 2**31?
+    Information for the large-size tests: with cuTile's 64-bit addresses this alone needs no
+    64-bit indexing (see ``needs_int64_indexing``)."""
+    return sum((n - 1) * st for n, st in zip(shape, strides)) > INT32_MAX
 
 
 def _strides(a):
     return tuple(st // a.itemsize for st in a.strides)
 
 
-def int64_offsets(a, w, out, config: TileConfig, *, swiglu: bool = False,
-                  sorted_rows: bool = False) -> dict:
+def int64_indexing(a, w, out, *, swiglu: bool = False) -> dict:
     """The one place that decides 64-bit indexing for an expert GEMM: per array (``"a"``,
-    ``"w"``, ``"out"``), can one of its element offsets pass 2**31? ``gemm_launch`` takes the
-    ``_int64`` kernel when ``"w"`` can; the token-row arrays are reported too (``a``, ``out``:
-    (T*K or slots) x width, which pass 2**31 at Mixtral / DeepSeek-V3 prefill sizes), so the
-    choice for them can be made here as well. Row gathers and scatters widen their indices to
-    64 bits (see the module docstring); tile loads and stores in slot order do not."""
-    cfg = config
-    n = w.shape[1] // 2 if swiglu else w.shape[1]
-    w_view = (w.shape[0], n, w.shape[2])
-    return {
-        "a": offsets_pass_int32(a.shape, _strides(a), (cfg.tile_m, cfg.tile_k)),
-        "w": needs_int64_indexing(w_view, _strides(w), cfg),
-        "out": offsets_pass_int32(out.shape, _strides(out), (cfg.tile_m, cfg.tile_n)),
-    }
-
+    ``"w"``, ``"out"``), does it need ``ct.IndexedWithInt64`` (``needs_int64_indexing``: an
+    extent or stride past int32)? ``gemm_launch`` launches the ``_int64`` kernel when ``"w"``
+    does; the token-row arrays are reported too, for a kernel variant that would need it."""
+    w_view = w[:, :w.shape[1] // 2] if swiglu else w
+    return {name: needs_int64_indexing(x.shape, _strides(x))
+            for name, x in (("a", a), ("w", w_view), ("out", out))}
 
 def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_weights=None,
                      mul_routed_weight: bool = False, swiglu: bool = False, out=None,
@@ -642,7 +648,7 @@ def gemm_launch(a, w, out, weights, sorted_token_ids, expert_ids, *, top_k: int,
     (``moe_tutorial.tuning``) times exactly these launches."""
     cfg = config
     num_m = expert_ids.shape[0]
-    wide = int64_offsets(a, w, out, cfg, swiglu=swiglu, sorted_rows=sorted_rows)["w"]
+    wide = int64_indexing(a, w, out, swiglu=swiglu)["w"]
     if swiglu:
         I = w.shape[1] // 2
         w_gate, w_up = w[:, :I], w[:, I:]             # views: no copy
