@@ -356,7 +356,7 @@ def _check_logits(fn, logits, k, validate):
     return xp, k
 
 
-def _router_outputs(fn, xp, logits, k, out):
+def _router_outputs(fn, xp, logits, k, out, bias=None):
     """``(weights, ids)``: ``out`` checked, or two new arrays."""
     t = logits.shape[0]
     if out is None:
@@ -365,7 +365,7 @@ def _router_outputs(fn, xp, logits, k, out):
         args.fail(fn, TypeError, "out must be a tuple (weights, ids) of arrays")
     weights, ids = out
     args.require_same_device(fn, logits=logits, weights=weights, ids=ids)
-    reads = (("logits", logits),)
+    reads = (("logits", logits), ("e_score_correction_bias", bias))
     args.require_out(fn, "out[0] (weights)", weights, (t, k), np.float32, reads)
     args.require_out(fn, "out[1] (ids)", ids, (t, k), np.int32, reads,
                      also=(("out[0] (weights)", weights),))
@@ -438,10 +438,7 @@ def grouped_topk(logits, k, *, n_group, topk_group, e_score_correction_bias=None
             not isinstance(routed_scaling_factor, (int, float, np.integer, np.floating)):
         args.fail(fn, TypeError, f"routed_scaling_factor must be a number, got "
                                  f"{routed_scaling_factor!r}")
-    weights, ids = _router_outputs(fn, xp, logits, k, out)
-    if bias is not None:
-        args.require_out(fn, "out[0] (weights)", weights, weights.shape, np.float32,
-                         (("e_score_correction_bias", bias),))
+    weights, ids = _router_outputs(fn, xp, logits, k, out, bias)
     if num_tokens == 0:
         return weights, ids
     g_pad, s_pad = next_power_of_2(n_group), next_power_of_2(group_size)

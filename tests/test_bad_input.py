@@ -38,7 +38,7 @@ def test_expert_map_values_past_the_local_experts_drop_the_replica(xp, rng, sort
         want = ref.moe_forward(x, w1, w2, None, K, topk_weights=weights, topk_ids=ids,
                                expert_map=emap)
         assert ref.relative_error(got, want) < TOL["float32"]
-    with pytest.raises(ValueError, match=r"moe_forward|align.*expert_map values"):
+    with pytest.raises(ValueError, match="align: expert_map values must be local expert ids"):
         layer.moe_forward(*args, None, K, validate=True, **kwargs)
 
 
