@@ -10,9 +10,11 @@ or read where it should not, shows up in the output.
 The emulator run in CI draws ``FUZZ_EXAMPLES`` examples; ``pytest -m gpu`` fewer
 (``conftest.examples``), since each new shape compiles new kernels there.
 
-Tolerance (relative error, Frobenius norm): float32 1e-5, float16 3e-3 (as test_layer.py),
-bfloat16 3e-2 -- the same four roundings of the intermediates with 8 mantissa bits instead of
-11 (each <= 2**-9 relative).
+Tolerance (relative error, Frobenius norm): float32 1e-5, float16 1e-2, bfloat16 5e-2. The
+16-bit layers round four intermediates (each <= 2**-11 relative in float16, 2**-8 in
+bfloat16); test_layer.py allows float16 3e-3, but here outputs can be a handful of elements
+(H = 1) whose sums cancel, which scales the relative error up (3.1e-3 was seen at T=5, H=1).
+A wrong or unwritten row is off by O(1), or NaN.
 """
 import numpy as np
 import pytest
@@ -26,7 +28,7 @@ from moe_tutorial.fused_moe import LayerConfig, TileConfig
 from conftest import examples
 
 FUZZ_EXAMPLES = 100
-TOL = {"float32": 1e-5, "float16": 3e-3, "bfloat16": 3e-2}
+TOL = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 5e-2}
 POISON_INT = -123456789
 ROUTINGS = ["random", "one_expert", "some_experts_empty", "duplicates", "with_drops",
             "router"]
