@@ -197,7 +197,8 @@ def moe_forward(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize
 
     ``w1 (E, 2I, H)`` holds gate rows then up rows; ``w2 (E, H, I)``. With ``expert_map``
     (global id -> local id or -1) the layer is this rank's share: replicas routed to other
-    ranks contribute zero (dropped replicas: see ``local_expert_ids``). Returns ``(T, H)`` float64 on the device of ``hidden_states``."""
+    ranks contribute zero (dropped replicas: see ``local_expert_ids``). Returns ``(T, H)``
+    float64 on the device of ``hidden_states``."""
     xp = device.array_module(hidden_states)
     x = _f64(xp, hidden_states)
     if topk_ids is None:
