@@ -30,6 +30,7 @@ the run goes on.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 import traceback
@@ -315,12 +316,12 @@ def launch_overhead(table):
 # ------------------------------------------------------------------------------------------
 # Sweep of the tuning constants
 # ------------------------------------------------------------------------------------------
-SWEEP = {  # module constants of moe_tutorial.routing -> values tried by --sweep
+SWEEP = {  # routing.ROUTER_TILE_ELEMS and fields of routing.AlignSettings -> values tried
     "ROUTER_TILE_ELEMS": (1024, 2048, 4096, 8192),
-    "ALIGN_TARGET_CHUNKS": (64, 128, 256),       # chunks of 512, 256, 128 replicas at T*K=32k
-    "ALIGN_PAIR_ELEMS": (2048, 4096, 8192),
-    "ALIGN_COUNT_ELEMS": (4096, 16384),
-    "ALIGN_SCAN_ELEMS": (1024, 4096, 16384),
+    "target_chunks": (64, 128, 256),       # chunks of 512, 256, 128 replicas at T*K=32k
+    "pair_elems": (2048, 4096, 8192),
+    "count_elems": (4096, 16384),
+    "scan_elems": (1024, 4096, 16384),
 }
 
 
@@ -337,18 +338,21 @@ def sweep(table, n_repeat, t=4096, k=8, e=128, tile_m=64):
     ids = cp.asarray(want_ids)
     print(f"\nsweep at T={t}, K={k}, E={e}, tile_m={tile_m} (defaults marked *)", flush=True)
     for knob, values in SWEEP.items():
-        default = getattr(routing, knob)
+        router = knob.startswith("ROUTER")
+        default = getattr(routing, knob) if router else getattr(routing.ALIGN_SETTINGS, knob)
         for value in values:
             what = f"{knob} = {value}{' *' if value == default else ''}"
 
             def go():
-                setattr(routing, knob, value)
-                if knob.startswith("ROUTER"):
+                if router:
+                    setattr(routing, knob, value)
                     fn = lambda: topk_softmax(logits, k, validate=False)  # noqa: E731
                     check = lambda o: np.testing.assert_array_equal(  # noqa: E731
                         device.to_numpy(o[1]), want_ids)
                 else:
-                    fn = lambda: align(ids, e, tile_m, validate=False)  # noqa: E731
+                    settings = dataclasses.replace(routing.ALIGN_SETTINGS, **{knob: value})
+                    fn = lambda: align(ids, e, tile_m, validate=False,  # noqa: E731
+                                       settings=settings)
                     check = lambda o: _align_ok(o, want, what)  # noqa: E731
                 check(fn())
                 eager = _median_us(fn, max(20, n_repeat // 4))
@@ -358,7 +362,8 @@ def sweep(table, n_repeat, t=4096, k=8, e=128, tile_m=64):
             try:
                 _try(table, f"sweep T={t}", what, go)
             finally:
-                setattr(routing, knob, default)
+                if router:
+                    setattr(routing, knob, default)
 
 
 def run(*, repeat: int = 200, sweep_constants: bool = False) -> "Table":

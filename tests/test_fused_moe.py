@@ -507,3 +507,17 @@ def test_swiglu_wrapper_picks_the_int64_kernel_for_huge_weights(monkeypatch):
     params = symbol[len(name):].split("_A")[1:]
     assert params[1].endswith("_w") and params[2].endswith("_w")
     assert not params[0].endswith("_w") and not params[3].endswith("_w")
+
+
+def test_int64_indexing_is_decided_per_array_in_one_place():
+    """int64_indexing() reports, per GEMM array, whether it needs ct.IndexedWithInt64 (an
+    extent or stride past int32); offsets_pass_int32() says whether its element offsets pass
+    2**31 (Mixtral's GEMM1 output at T=65536 does, its weights do not)."""
+    base = np.zeros((2, 16, 8), np.float16)
+    huge = np.lib.stride_tricks.as_strided(base, shape=(2, 16, 8), strides=(2**31 * 2, 16, 2))
+    a, out = np.zeros((4, 8), np.float16), np.zeros((8, 16), np.float16)
+    assert fm.int64_indexing(a, base, out) == {"a": False, "w": False, "out": False}
+    assert fm.int64_indexing(a, huge, out) == {"a": False, "w": True, "out": False}
+    assert fm.int64_indexing(a, huge, out[:, :8], swiglu=True)["w"]
+    assert fm.offsets_pass_int32((65536 * 2, 2 * 14336), (2 * 14336, 1))
+    assert not fm.offsets_pass_int32((8, 2 * 14336, 4096), (2 * 14336 * 4096, 4096, 1))
