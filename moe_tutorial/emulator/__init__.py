@@ -70,11 +70,12 @@ Strict mode (``MOE_TUTORIAL_EMULATOR_STRICT=1``, read at each launch)
     * a load or store tile lies entirely outside its array (undefined on the GPU).
 """
 from ._context import STRICT_ENV
+from ._frontend import FRONTEND_ENV
 from ._launch import IMPLEMENTATIONS, EmulatorMode, launch
 from ._memory import Array, TiledView
 from ._tile import Tile
 
-__all__ = ["launch", "Tile", "Array", "TiledView", "EmulatorMode", "STRICT_ENV",
+__all__ = ["launch", "Tile", "Array", "TiledView", "EmulatorMode", "STRICT_ENV", "FRONTEND_ENV",
            "supported_operations"]
 
 

@@ -19,6 +19,7 @@ from cuda.tile._dispatch_mode import DispatchMode
 from cuda.tile._execution import is_stub
 
 from . import _dtypes as D
+from . import _frontend
 from . import _memory as M
 from . import _ops as O
 from . import _tile as T
@@ -213,6 +214,8 @@ def launch(stream, grid, kernel, args) -> None:
         raise TypeError(f"launch: kernel {pyfunc.__name__!r} takes {len(params)} arguments "
                         f"({', '.join(params)}), got {len(args)}")
     kargs = tuple(_convert_arg(a, ann, n) for a, ann, n in zip(args, annotations, params))
+    if _frontend.enabled():
+        _frontend.check(kernel, args)
 
     memo: dict = {}
     run = _patched(pyfunc, memo)
