@@ -18,6 +18,7 @@ import cuda.tile as ct
 from cuda.tile._dispatch_mode import DispatchMode
 from cuda.tile._execution import is_stub
 
+from . import _branches
 from . import _dtypes as D
 from . import _frontend
 from . import _memory as M
@@ -135,8 +136,13 @@ def _patched(func, memo: dict):
         return hit
     glb = dict(func.__globals__)
     glb["__builtins__"] = _KERNEL_BUILTINS
-    new = types.FunctionType(func.__code__, glb, func.__name__, func.__defaults__,
-                             func.__closure__)
+    code, closure = func.__code__, func.__closure__
+    merged = _branches.rewrite(func)
+    if merged is not None:  # run-time ``if``s merge their branches' constants as on the GPU
+        glb.update(_branches.HELPERS)
+        cells = dict(zip(code.co_freevars, closure or ()))
+        code, closure = merged, tuple(cells[v] for v in merged.co_freevars) or None
+    new = types.FunctionType(code, glb, func.__name__, func.__defaults__, closure)
     new.__kwdefaults__ = func.__kwdefaults__
     new.__qualname__ = func.__qualname__
     memo[func] = new
