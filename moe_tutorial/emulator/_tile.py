@@ -371,14 +371,31 @@ def _check_int_op(name, dtype):
             "it); cast to a signed integer type first")
 
 
+def _absorb_infinities(r, x, y):
+    """Strict mode: finite padding plus or minus an infinity is that infinity whatever the
+    padding was, so ``t + ct.where(i < n, 0, -inf)`` clears the marks it masks."""
+    if type(r) is not Tile or r._poison is None:
+        return r
+    for a, b in ((x, y), (y, x)):
+        if type(a) is Tile and a._poison is not None and not D.is_integral(r._dtype):
+            other = b._data if type(b) is Tile else np.asarray(b)
+            clean = np.isinf(other.astype(np.float64))
+            if type(b) is Tile and b._poison is not None:
+                clean = clean & ~b._poison
+            r._poison = np.broadcast_to(r._poison & ~clean, r.shape)
+    return r
+
+
 def add(x, y, /, *, rounding_mode=None, flush_to_zero=False):
-    return _arith("add", np.add, lambda a, b: a + b, x, y, rounding_mode=rounding_mode,
-                  flush_to_zero=flush_to_zero)
+    return _absorb_infinities(_arith("add", np.add, lambda a, b: a + b, x, y,
+                                     rounding_mode=rounding_mode, flush_to_zero=flush_to_zero),
+                              x, y)
 
 
 def sub(x, y, /, *, rounding_mode=None, flush_to_zero=False):
-    return _arith("sub", np.subtract, lambda a, b: a - b, x, y, rounding_mode=rounding_mode,
-                  flush_to_zero=flush_to_zero)
+    return _absorb_infinities(_arith("sub", np.subtract, lambda a, b: a - b, x, y,
+                                     rounding_mode=rounding_mode, flush_to_zero=flush_to_zero),
+                              x, y)
 
 
 def mul(x, y, /, *, rounding_mode=None, flush_to_zero=False):
