@@ -2,6 +2,8 @@
 strict mode, printing, and the list of supported operations. These tests are about the
 emulator's own behavior, so they run on NumPy only; the kernel tests in
 tests/test_emulator_{ops,memory,kernels}.py also run on the GPU under ``pytest -m gpu``."""
+from pathlib import Path
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -433,3 +435,43 @@ def test_every_dtype_round_trips_through_load_and_store(rng, dtype):
     y = np.zeros(10, dtype)
     emulator.launch(None, (3,), copy_kernel, (x, y, 4))
     np.testing.assert_array_equal(y, x)
+
+
+# ---- documented unsupported features ---------------------------------------------------------
+
+@ct.kernel
+def dtype_constructor_kernel(x):
+    ct.store(x, (0,), ct.full((1,), ct.int32(5), ct.int32))
+
+
+@ct.kernel
+def raw_memory_kernel(x):
+    x.get_raw_memory().atomic_add_offset(0, 1)
+
+
+@ct.kernel
+def foreign_pointer_kernel(x):
+    ct.store(ct.Array.from_foreign(x.foreign_pointer, x.shape, x.strides), (0,),
+             ct.zeros((1,), ct.int32))
+
+
+@pytest.mark.parametrize("kernel, match", [
+    (dtype_constructor_kernel, "dtype constructors such as ct.int16"),
+    (raw_memory_kernel, "Array.get_raw_memory is not supported"),
+    (foreign_pointer_kernel, "Array.foreign_pointer is not supported"),
+])
+def test_unsupported_features_raise_not_implemented(kernel, match):
+    with pytest.raises(NotImplementedError, match=match):
+        emulator.launch(None, (1,), kernel, (np.zeros(4, np.int32),))
+
+
+def test_unsupported_rounding_mode_raises_not_implemented():
+    t = emulator.Tile(np.ones(4, np.float32), ct.float32)
+    with pytest.raises(NotImplementedError, match="rounding_mode=RZ to float8_e4m3fn"):
+        t.astype(ct.float8_e4m3fn, rounding_mode=ct.RoundingMode.RZ)
+
+
+def test_the_unsupported_list_names_every_unimplemented_operation():
+    readme = (Path(emulator.__file__).parent / "README.md").read_text()
+    for name in _unimplemented_stub_names():
+        assert f"ct.{name}" in readme, f"ct.{name} is missing from the emulator README"

@@ -236,13 +236,15 @@ def launch(stream, grid, kernel, args) -> None:
                         try:
                             run(*kargs)
                         except Exception as e:
-                            _note(e, f"raised in block {(x, y, z)} of kernel "
-                                     f"{pyfunc.__name__!r} (CPU emulator)")
                             if isinstance(e, TypeError) and "DType cannot be constructed" in \
                                     str(e):
-                                _note(e, "the CPU emulator does not support dtype constructors "
-                                         "such as ct.int16(5); use ct.full((), 5, ct.int16) or "
-                                         ".astype(...) instead")
+                                raise NotImplementedError(
+                                    "dtype constructors such as ct.int16(5) are not supported by "
+                                    f"the CPU emulator (block {(x, y, z)} of kernel "
+                                    f"{pyfunc.__name__!r}); use ct.full((), 5, ct.int16) or "
+                                    ".astype(...) instead, or run on a GPU") from e
+                            _note(e, f"raised in block {(x, y, z)} of kernel "
+                                     f"{pyfunc.__name__!r} (CPU emulator)")
                             raise
     finally:
         state.grid, state.bid, state.strict, state.kernel_name = saved
