@@ -25,8 +25,16 @@ COVERED: set[str] = set()
 
 
 def covers(*ops):
+    """Declare the operations a group of programs exercises (at import, so that every xdist
+    worker sees them all); returns the names."""
     COVERED.update(ops)
     return ops
+
+
+def declares(*ops):
+    """``covers`` as a decorator of the test that exercises ``ops``."""
+    covers(*ops)
+    return lambda test: test
 
 
 # ---- running a program on either backend ------------------------------------------------------
@@ -125,18 +133,20 @@ def test_unary_float(xp, rng, op, dtype):
 
 @pytest.mark.parametrize("dtype", INTS, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("op", ["abs", "negative", "bitwise_not"])
+@declares("bitwise_not")
 def test_unary_int_wraps(xp, rng, op, dtype):
     fn = {"abs": ct.abs, "negative": ct.negative, "bitwise_not": ct.bitwise_not}[op]
     x = _ints(rng, dtype)
     x[0] = np.iinfo(dtype).min  # -min and abs(min) wrap to min, as in two's complement
-    (_, out) = _run(xp, _unary_kernel(fn), (x, np.zeros_like(x)), covers(op))
+    (_, out) = _run(xp, _unary_kernel(fn), (x, np.zeros_like(x)), [op])
     want = {"abs": np.abs, "negative": np.negative, "bitwise_not": np.invert}[op](x)
     np.testing.assert_array_equal(out, want)
 
 
+@declares("isnan")
 def test_isnan(xp, rng):
     x = _floats(rng, np.float32)
-    (_, out) = _run(xp, _unary_kernel(ct.isnan), (x, np.zeros(16, np.bool_)), covers("isnan"))
+    (_, out) = _run(xp, _unary_kernel(ct.isnan), (x, np.zeros(16, np.bool_)), ("isnan",))
     np.testing.assert_array_equal(out, np.isnan(x))
 
 
@@ -229,12 +239,11 @@ def divmod_where_kernel(x, y, q, r, w):
     ct.store(w, (0,), ct.where(a > b, a, b * 2))
 
 
+@declares("divmod", "where")  # divmod is reached through Python's divmod() on tiles
 def test_divmod_and_where(xp, rng):
     x, y = _ints(rng, np.int32, lo=-50, hi=50), _ints(rng, np.int32, lo=1, hi=9)
     z = np.zeros(16, np.int32)
-    covers("divmod")  # reached through Python's divmod() on tiles, not a ct.* call
-    _, _, q, r, w = _run(xp, divmod_where_kernel, (x, y, z, z.copy(), z.copy()),
-                         covers("where"))
+    _, _, q, r, w = _run(xp, divmod_where_kernel, (x, y, z, z.copy(), z.copy()), ("where",))
     np.testing.assert_array_equal(q, x // y)
     np.testing.assert_array_equal(r, x % y)
     np.testing.assert_array_equal(w, np.where(x > y, x, y * 2))
@@ -252,11 +261,12 @@ def _astype_kernel(dtype, mode):
 @pytest.mark.parametrize("mode", [None, ct.RoundingMode.RN, ct.RoundingMode.RZ],
                          ids=["default", "RN", "RZ"])
 @pytest.mark.parametrize("dst", [np.float16, BF16], ids=["f16", "bf16"])
+@declares("astype")
 def test_astype_float_rounding_modes(xp, rng, dst, mode):
     x = rng.uniform(-3, 3, 16).astype(np.float32)
     x[:5] = [NAN, INF, -INF, 70000.0, -70000.0]
     ct_dst = ct.float16 if dst is np.float16 else ct.bfloat16
-    (_, out) = _run(xp, _astype_kernel(ct_dst, mode), (x, np.zeros(16, dst)), covers("astype"))
+    (_, out) = _run(xp, _astype_kernel(ct_dst, mode), (x, np.zeros(16, dst)), ("astype",))
     got, exact = out.astype(np.float64), x.astype(np.float64)
     with np.errstate(all="ignore"):  # 70000 overflows to inf in float16
         nearest = x.astype(dst).astype(np.float64)
@@ -311,12 +321,13 @@ def bits_kernel(x, bits, back, nibbles, packed):
     ct.store(back, (0,), ct.pack_to_bytes(f4))
 
 
+@declares("bitcast", "pack_to_bytes", "unpack_from_bytes")
 def test_bitcast_and_float4_packing(xp, rng):
     x = rng.standard_normal(8).astype(np.float32)
     packed = np.array([0x21, 0x43, 0xA9, 0x7F], np.uint8)
     _, bits, back, nibbles, _ = _run(xp, bits_kernel, (
         x, np.zeros(8, np.int32), np.zeros(4, np.uint8), np.zeros(8, np.float32), packed),
-        covers("bitcast", "pack_to_bytes", "unpack_from_bytes"))
+        ("bitcast", "pack_to_bytes", "unpack_from_bytes"))
     np.testing.assert_array_equal(bits, x.view(np.int32))
     # e2m1 codes 0..7: 0, 0.5, 1, 1.5, 2, 3, 4, 6; bit 3 is the sign; low nibble first
     codes = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(-1)
@@ -338,11 +349,11 @@ def factory_kernel(out_i, out_f, n, start):
     ct.store(out_f, (0,), ct.arange(8, dtype=ct.float16) * 0.5)
 
 
+@declares("arange", "full", "zeros", "ones", "astile", "cat", "reshape")
 def test_factories(xp):
     out_i, out_f, _, _ = _run(xp, factory_kernel, (np.zeros((4, 8), np.int32),
                                                       np.zeros(8, np.float16), 5, -2),
-                                 covers("arange", "full", "zeros", "ones", "astile", "cat",
-                                        "reshape"))
+                                 ("arange", "full", "zeros", "ones", "astile", "cat", "reshape"))
     np.testing.assert_array_equal(out_i, [np.arange(8), -2 + 3 * np.arange(8), np.full(8, 6),
                                           np.arange(1, 9)])
     np.testing.assert_array_equal(out_f, np.arange(8) * 0.5)
@@ -361,12 +372,14 @@ def shapes_kernel(x, out_t, out_p, out_b, out_e, out_i, out_s):
                                   ct.float32))
 
 
+@declares("transpose", "permute", "extract", "broadcast_to", "expand_dims", "insert", "sum",
+          "Tile.item")
 def test_shape_operations(xp, rng):
     x = rng.standard_normal((4, 8)).astype(np.float32)
     outs = [np.zeros(s, np.float32) for s in ((8, 4), (8, 2, 2), (4, 8), (4, 1), (4, 8), (1,))]
-    _, t, p, b, e, i, s = _run(xp, shapes_kernel, (x, *outs), covers(
-        "transpose", "permute", "extract", "broadcast_to", "expand_dims", "insert", "sum",
-        "Tile.item"))
+    ops = ("transpose", "permute", "extract", "broadcast_to", "expand_dims", "insert", "sum",
+           "Tile.item")
+    _, t, p, b, e, i, s = _run(xp, shapes_kernel, (x, *outs), ops)
     np.testing.assert_array_equal(t, x.T)
     np.testing.assert_array_equal(p, x.reshape(2, 2, 8).transpose(2, 0, 1))
     np.testing.assert_array_equal(b, np.broadcast_to(x[1], (4, 8)))
@@ -426,12 +439,13 @@ def scan_kernel(x, s, p, r, c, rev):
     ct.store(c, (0,), ct.scan(t, 0, lambda a, b: a * b + a + b, 0))
 
 
+@declares("cumsum", "cumprod", "reduce", "scan")
 def test_scans_and_custom_folds(xp, rng):
     x = _ints(rng, np.int32, lo=-3, hi=4)
     z = np.zeros(16, np.int32)
     _, s, p, r, c, rev = _run(xp, scan_kernel, (x, z, z.copy(), np.zeros(1, np.int32), z.copy(),
                                                 z.copy()),
-                              covers("cumsum", "cumprod", "reduce", "scan"))
+                              ("cumsum", "cumprod", "reduce", "scan"))
     np.testing.assert_array_equal(s, np.cumsum(x))
     np.testing.assert_array_equal(p, np.cumprod(x.astype(np.int64)).astype(np.int32))
     np.testing.assert_array_equal(rev, np.cumsum(x[::-1])[::-1])
@@ -450,10 +464,11 @@ def matmul_kernel(a, b, c, d):
 
 
 @pytest.mark.parametrize("dtype", [np.float16, BF16], ids=lambda d: np.dtype(d).name)
+@declares("mma", "matmul")
 def test_mma_and_matmul(xp, rng, dtype):
     a, b = (rng.standard_normal((16, 16)).astype(dtype) for _ in range(2))
     _, _, c, d = _run(xp, matmul_kernel, (a, b, np.zeros((16, 16), np.float32),
-                                          np.zeros((16, 16), dtype)), covers("mma", "matmul"))
+                                          np.zeros((16, 16), dtype)), ("mma", "matmul"))
     want = a.astype(np.float64) @ b.astype(np.float64)
     np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)   # fp32 accumulation of exact
     _close(d, want.astype(np.float32), dtype, 1)                # products, rounded once
@@ -474,10 +489,11 @@ def _padding_kernel(mode):
 
 
 @pytest.mark.parametrize("mode", list(PAD))
+@declares("load", "store")
 def test_partial_tiles_and_padding_modes(xp, rng, mode):
     x = rng.standard_normal(12).astype(np.float32)
     out = np.full(16, 99.0, np.float32)  # a longer array: the padded lanes land in out[12:]
-    (_, got) = _run(xp, _padding_kernel(PAD[mode]), (x, out), covers("load", "store"),
+    (_, got) = _run(xp, _padding_kernel(PAD[mode]), (x, out), ("load", "store"),
                     grid=(2,))
     np.testing.assert_array_equal(got[:12], x)
     pad = {"zero": 0.0, "neg_zero": -0.0, "nan": NAN, "pos_inf": INF, "neg_inf": -INF}[mode]
@@ -560,11 +576,12 @@ def tiled_view_kernel(x, out, counts):
     ct.store(out, (ct.bid(0),), v.load((ct.bid(0),)) * 2)
 
 
+@declares("num_tiles")
 def test_tiled_views_and_num_tiles(xp, rng):
     x = rng.standard_normal(14).astype(np.float32)
     _, out, counts = _run(xp, tiled_view_kernel, (x, np.zeros(14, np.float32),
                                                   np.zeros(4, np.int32)),
-                          covers("num_tiles"), grid=(4,))
+                          ("num_tiles",), grid=(4,))
     np.testing.assert_array_equal(counts, [4, 7, 4, 4])
     np.testing.assert_array_equal(out, 2 * x)
 
@@ -579,14 +596,16 @@ def gather_scatter_kernel(x, idx, g, s, adv):
     ct.store_advanced_indexing(adv, (ct.arange(2, dtype=ct.int32) + 2, ct.Slice(0, 4)), rows + 1)
 
 
+@declares("gather", "scatter", "load_advanced_indexing", "store_advanced_indexing",
+          "Slice.__init__")
 def test_gather_scatter_and_advanced_indexing(xp, rng):
     x = rng.standard_normal(10).astype(np.float32)
     idx = np.array([0, 3, 9, 10, -1, 4, 7, 2], np.int32)  # 10 and -1 are out of bounds
     adv = rng.standard_normal((4, 4)).astype(np.float32)
     _, _, g, s, a = _run(xp, gather_scatter_kernel, (x, idx, np.zeros(8, np.float32),
                                                      np.zeros(10, np.float32), adv.copy()),
-                         covers("gather", "scatter", "load_advanced_indexing",
-                                "store_advanced_indexing", "Slice.__init__"))
+                         ("gather", "scatter", "load_advanced_indexing",
+                          "store_advanced_indexing", "Slice.__init__"))
     inb = (idx >= 0) & (idx < 10)
     np.testing.assert_array_equal(g, np.where(inb, x[np.clip(idx, 0, 9)], -1.0))
     want = np.zeros(10, np.float32)
@@ -648,11 +667,14 @@ def blocks_kernel(out, n):
     ct.grid_dependency_control_launch_dependents()
 
 
+@declares("bid", "num_blocks", "assume_divisible_by", "static_assert", "ensure_constant",
+          "static_eval", "assert_", "grid_dependency_control_wait",
+          "grid_dependency_control_launch_dependents")
 def test_blocks_and_utilities(xp):
-    (out, _) = _run(xp, blocks_kernel, (np.zeros((2, 3), np.int32), 8), covers(
-        "bid", "num_blocks", "assume_divisible_by", "static_assert", "ensure_constant",
-        "static_eval", "assert_", "grid_dependency_control_wait",
-        "grid_dependency_control_launch_dependents"), grid=(3, 2))
+    ops = ("bid", "num_blocks", "assume_divisible_by", "static_assert", "ensure_constant",
+           "static_eval", "assert_", "grid_dependency_control_wait",
+           "grid_dependency_control_launch_dependents")
+    (out, _) = _run(xp, blocks_kernel, (np.zeros((2, 3), np.int32), 8), ops, grid=(3, 2))
     np.testing.assert_array_equal(out, np.arange(6).reshape(2, 3) + 16)
 
 
@@ -664,9 +686,10 @@ def printing_kernel(x):
     ct.print(f"sum={ct.sum(t)} first={ct.extract(t, (0,), (1,))}")
 
 
+@declares("printf", "print")
 def test_printing(xp, capfd):
     x = np.array([0.5, 1.25, -2.0, 3.0], np.float32)
-    _run(xp, printing_kernel, (x,), covers("printf", "print"))
+    _run(xp, printing_kernel, (x,), ("printf", "print"))
     lines = capfd.readouterr().out.strip().splitlines()
     assert lines == ["tile[0]:[0, 1, 2, 3]", "f=[0.50, 1.25, -2.00, 3.00]   2.8%",
                      "sum=2.750000 first=[0.500000]"]

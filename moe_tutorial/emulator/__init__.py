@@ -34,8 +34,9 @@ Data model
 Approximations (documented, deliberate)
     * ``rounding_mode`` on arithmetic and ``flush_to_zero`` are accepted and ignored: NumPy
       rounds to nearest even and keeps subnormals. ``astype(..., rounding_mode=RZ/RM/RP)``
-      is implemented for float16/bfloat16/float32/float64 targets and refused otherwise. float16/bfloat16 math is done in float32 and rounded
-      to the tile's dtype, as the GPU does; ``mma``/``matmul`` sum products in float64 and
+      is implemented for float16/bfloat16/float32/float64 targets and refused otherwise.
+      float16/bfloat16 math is done in float32 and rounded to the tile's dtype, as the GPU
+      does; ``mma``/``matmul`` sum products in float64 and
       round to the accumulator dtype (at least as accurate as fp32 tensor-core accumulation).
       ``sum`` of floats accumulates in float64; integer sums/products wrap in the tile width.
     * UNDETERMINED padding (the default for ``ct.load``) gets finite, non-zero stand-ins:
@@ -52,7 +53,8 @@ Approximations (documented, deliberate)
       becomes 0 (undefined on the GPU). Float to bool is ``trunc(x) != 0``: the GPU converts
       through a 1-bit unsigned integer (so 0.5 -> False; outside [0, 2) it is undefined).
     * ``printf`` prints one line per call like the GPU, a tile as ``[a, b, ...]`` with Python
-      % formatting per element; ``print`` formats ints with %d and floats with %f. Output of different blocks never interleaves.
+      % formatting per element; ``print`` formats ints with %d and floats with %f. Output of
+      different blocks never interleaves.
     * Memory order/scope, ``latency``, ``allow_tma`` are accepted (range-checked) and ignored.
     * ``reduce``/``scan`` with a custom function call it element by element (slow but
       fine for small tiles); ``TiledView.num_tiles`` with ``traversal_steps`` counts the tile
