@@ -752,3 +752,17 @@ def test_static_eval_shape_item_astype(xp):
     (_, out) = _run(xp, static_shape_astype_kernel, (np.zeros((4, 8), np.float32),
                                                      np.zeros(1, np.float32)), [])
     assert out[0] == 8.0
+
+
+@ct.kernel
+def compile_time_branch_kernel(out, C: ct.Constant[int]):
+    if C > 0:  # decided at compile time: t stays a loosely typed constant
+        t = C
+    else:
+        t = 7
+    ct.store(out, (0,), ct.arange(4, dtype=ct.int8) + t)
+
+
+def test_constants_from_a_compile_time_if_stay_loosely_typed(xp):
+    (out, _) = _run(xp, compile_time_branch_kernel, (np.zeros(4, np.int8), 125), [])
+    np.testing.assert_array_equal(out, np.array([125, 126, 127, -128], np.int8))  # int8 wraps
