@@ -32,7 +32,7 @@ import numpy as np
 
 import cuda.tile as ct
 
-from . import device
+from . import arguments, device, reference
 
 ConstInt = ct.Constant[int]
 ConstBool = ct.Constant[bool]
@@ -172,23 +172,15 @@ def _supported_dtypes(xp):
 
 
 def _check_tile(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int (a power of two), got {value!r}")
-    value = int(value)
+    value = arguments.require_int(None, name, value)
     if value < 1 or value & (value - 1):
-        raise ValueError(f"{name} must be a positive power of two, got {value}")
+        arguments.fail(None, ValueError, f"{name} must be a positive power of two, got {value}")
     return value
 
 
 def _usable_strides(a) -> bool:
     """cuTile takes arrays with non-negative strides that are whole elements."""
     return all(s >= 0 and s % a.itemsize == 0 for s in a.strides)
-
-
-def _overlaps(xp, a, b) -> bool:
-    if not xp.may_share_memory(a, b):        # cheap test of the address ranges
-        return False
-    return bool(xp.shares_memory(a, b))      # exact (only reached when the ranges intersect)
 
 
 def _prepare(x, out):
@@ -221,14 +213,11 @@ def _prepare(x, out):
                          f"{tuple(x.shape)}; got {tuple(out.shape)}")
     if out.dtype not in dtypes:
         raise TypeError(f"out.dtype must be one of {[str(d) for d in dtypes]}, got {out.dtype}")
-    if xp is np and not out.flags.writeable:
-        raise ValueError("out is read-only")
     if out.size and (not _usable_strides(out)
                      or any(s == 0 and n > 1 for s, n in zip(out.strides, out.shape))):
         raise ValueError(f"out must have positive strides that are whole elements; "
                          f"got strides {out.strides} (bytes)")
-    if _overlaps(xp, out, x):
-        raise ValueError("out must not overlap x (the kernel reads x while it writes out)")
+    arguments.require_out(None, "out", out, out.shape, out.dtype, (("x", x),))
     return xp, x, out, M, I
 
 
@@ -397,12 +386,9 @@ def silu_and_mul_rowwise(x, out=None):
 # ---------------------------------------------------------------------------------------------
 
 def silu_and_mul_reference(x) -> np.ndarray:
-    """float64 NumPy reference (accepts NumPy or CuPy input; returns NumPy float64)."""
-    x64 = device.to_numpy(x).astype(np.float64)
-    I = x64.shape[-1] // 2
-    g, u = x64[..., :I], x64[..., I:]
-    with np.errstate(over="ignore", invalid="ignore"):
-        return g / (1.0 + np.exp(-g)) * u
+    """``reference.silu_and_mul`` on the host: accepts NumPy or CuPy input, returns NumPy
+    float64 (kept under this name for the notebooks)."""
+    return reference.silu_and_mul(device.to_numpy(x))
 
 
 def tolerance(dtype) -> tuple[float, float]:

@@ -3,16 +3,18 @@
 For every layer shape of the issue's table (``presets.BENCH_SHAPES``; ``--shape T,H,E,I,K`` for
 others) it
 
-1. measures the two ceilings in the same run: device-to-device copy bandwidth (bytes read +
-   written per second, a 1 GiB CuPy copy) and a cuBLAS float16 matmul (8192^3, through CuPy);
+1. measures the two ceilings in the same run (``timing.measure_ceilings``): device-to-device
+   copy bandwidth (bytes read + written per second, 1 GiB ``cudaMemcpyAsync``) and a cuBLAS
+   float16 matmul (8192^3, through CuPy);
 2. runs each variant of our layer and each peer once, checks the output against the float64
-   reference (``reference.moe_forward`` on the GPU, first 64 tokens) and times it:
-   ``cupyx.profiler.benchmark`` medians (warm-up, then as many runs as fit ~0.2 s) for eager
-   calls; for CUDA-graph replays the device time of back-to-back replays between two events;
-   inputs are fresh random normal values (never zeros);
+   reference (``reference.moe_forward`` on the GPU, first 64 tokens) and times it with
+   ``moe_tutorial.timing``: ``median_ms`` (``cupyx.profiler.benchmark`` medians) for eager
+   calls, ``graph_ms`` (back-to-back replays between two events) for CUDA graphs; inputs are
+   fresh random normal values (never zeros);
 3. prints, per variant: ms, TFLOP/s and GB/s (the layer's minimum work: FLOPs and the bytes of
    the floor), and x floor, where floor = max(FLOPs / matmul peak, bytes / copy bandwidth) with
-   bytes = weights of the experts actually used + input and output activations;
+   bytes = weights of the experts actually used + input and output activations
+   (``moe_tutorial.roofline``);
 4. ends with the issue's table plus our columns, whether each target is met, and -- from a
    CUDA graph per step -- the device time of every kernel of our best variant, which says
    what limits a shape that misses.
@@ -20,21 +22,24 @@ others) it
 Our variants: ``gather`` (notebook 04's layer: default tile rule, rows gathered and scattered
 inside the GEMMs, GEMM1 + silu_and_mul), ``default`` (the same tiles, rows permuted once into
 slot order so the GEMMs load and store tiles: ``LayerConfig.sorted_rows``), ``tuned`` (this
-GPU's table, ``moe_tutorial/configs``), ``fused`` (tuned + SwiGLU epilogue), ``fused_tb`` (B loaded as stored + ``ct.transpose`` instead of
-``order=``), ``graph_fused`` / ``graph`` (the fused / unfused layer replayed from a CUDA
-graph). Peers: ``sample_e2e`` (cuTile sample
-structure: host alignment + kernels with its 128x128x64 tiles), ``sample_kernels`` (the same,
-alignment excluded), ``cupy_loop`` (per-expert CuPy/cuBLAS loop), ``torch`` (``torch._grouped_mm``
-layer in bfloat16, its fast path; only if torch imports). Our variants include the router and
-alignment; the peers get the routing (our router's ids and weights) for free.
+GPU's table, ``moe_tutorial/configs``), ``fused`` (tuned + SwiGLU epilogue), ``fused_tb`` (B
+loaded as stored + ``ct.transpose`` instead of ``order=``), ``graph_fused`` / ``graph`` (the
+fused / unfused layer replayed from a CUDA graph). Peers: ``sample_e2e`` -- "cuTile sample
+(re-implemented)": NVIDIA's ``samples/MoE.py`` re-implemented faithfully in
+``moe_tutorial.sample_peer`` (its kernels, its host alignment, its 128x128x64 tiles) --,
+``sample_kernels`` (the same, alignment excluded), ``cupy_loop`` (per-expert CuPy/cuBLAS loop),
+``torch`` (``torch._grouped_mm`` layer in bfloat16, its fast path; only if torch imports). Our
+variants include the router and alignment; the peers get the routing (our router's ids and
+weights) for free.
 
-``--tune --out FILE.json`` runs the autotuner instead (``moe_tutorial.tuning``) and writes a
-config table; ``--json FILE`` records the results (notebook 05 shows recorded ones);
-``--plot FILE.png`` draws the roofline. Kernels are compiled first in parallel worker
-processes (``--jobs``; cuTile's disk cache hands them to this process), every measurement is
-wrapped (a failure prints an ERROR row, the run goes on), and ``--budget`` seconds bound the
-run (shapes not started in time are listed as skipped). On a machine without a GPU it says
-so and exits 0.
+Other modes: ``--tune --out FILE.json`` runs the autotuner (``moe_tutorial.autotune``) and
+writes a config table; ``--compare-sample-dir DIR`` times the real sample (``DIR/MoE.py``,
+imported at run time, torch) against the re-implementation (``moe_tutorial.sample_compare``).
+``--json FILE`` records the results (notebook 05 shows recorded ones); ``--plot FILE.png``
+draws the roofline. Kernels are compiled first in parallel worker processes (``--jobs``;
+cuTile's disk cache hands them to this process), every measurement is wrapped (a failure
+prints an ERROR row, the run goes on), and ``--budget`` seconds bound the run (shapes not
+started in time are listed as skipped). On a machine without a GPU it says so and exits 0.
 """
 from __future__ import annotations
 
@@ -50,11 +55,17 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
-
-from . import device, layer, presets, tuning
+from . import autotune, device, layer, presets, sample_peer, timing, tuning
 from . import reference as ref
 from .fused_moe import LayerConfig, default_tile_config
+# the cost model, the roofline and the timers live in their own modules; these names stay
+# importable from here (notebooks 04-05 use them as ``bench.<name>``)
+from .roofline import (floor_guess_ms, gemm_costs, intermediate_bytes, layer_cost,  # noqa: F401
+                       plot_roofline, roofline_floor_ms)
+from .timing import measure_ceilings                                               # noqa: F401
+
+time_ms = timing.median_ms            # old names of the harness's eager and graph timers
+time_graphs_ms = timing.graph_ms
 
 RECORDED_DIR = Path(__file__).resolve().parent / "recorded"
 CHECK_TOKENS = 64              # rows checked against the float64 reference
@@ -70,11 +81,12 @@ LABELS = {
     "default": "ours: default tiles, rows in slot order (eager)",
     "graph": "ours: tuned unfused, CUDA graph",
     "fused_tb": "ours: fused, B via load + ct.transpose (eager)",
-    "sample_kernels": "sample-style kernels, alignment excluded",
-    "sample_e2e": "sample-style end to end (host alignment)",
+    "sample_kernels": "cuTile sample (re-implemented): kernels, alignment excluded",
+    "sample_e2e": "cuTile sample (re-implemented): end to end, host alignment",
     "torch": "torch._grouped_mm layer (bf16, routing given)",
     "cupy_loop": "CuPy per-expert loop (routing given)",
 }
+SAMPLE_PEER = "re-implemented"   # rows' "sample_peer": the peers are moe_tutorial.sample_peer
 OURS = ("graph_fused", "fused", "tuned", "default", "graph", "gather", "fused_tb")
 FUSED = ("graph_fused", "fused", "fused_tb")     # variants with the SwiGLU epilogue
 PEERS = ("sample_kernels", "torch", "sample_e2e", "cupy_loop")
@@ -82,127 +94,6 @@ PEERS = ("sample_kernels", "torch", "sample_e2e", "cupy_loop")
 
 def _print(*args):
     print(*args, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# The cost model (also used by notebooks 04-05 and the checkers)
-# ---------------------------------------------------------------------------------------------
-
-def layer_cost(num_tokens: int, hidden: int, intermediate: int, top_k: int, experts_used: int,
-               bytes_per_element: int = 2) -> tuple[float, float]:
-    """(FLOPs, bytes) of the layer's minimum work.
-
-    FLOPs: every token replica does three H x I matrix-vector products (gate, up, down), two
-    FLOPs per multiply-add: ``2 * T * K * 3 * H * I``. Bytes: each expert that received at
-    least one token must have its weights read once (w1: 2I x H, w2: H x I), and the hidden
-    states are read and the output written once: ``(experts_used * 3 * H * I + 2 * T * H) *
-    bytes_per_element``. Router, alignment and intermediate traffic are left out: a floor is
-    what no implementation can beat."""
-    flops = 2.0 * num_tokens * top_k * 3 * hidden * intermediate
-    nbytes = (experts_used * 3.0 * hidden * intermediate + 2.0 * num_tokens * hidden) \
-        * bytes_per_element
-    return flops, nbytes
-
-
-def roofline_floor_ms(flops: float, nbytes: float, peak_tflops: float,
-                      bandwidth_gbs: float) -> float:
-    """``max(FLOPs / peak, bytes / bandwidth)`` in milliseconds."""
-    return max(flops / (peak_tflops * 1e12), nbytes / (bandwidth_gbs * 1e9)) * 1e3
-
-
-def gemm_costs(num_tokens: int, hidden: int, intermediate: int, top_k: int, experts_used: int,
-               bytes_per_element: int = 2, *, fused_swiglu: bool = False) -> dict:
-    """(FLOPs, bytes) of each expert GEMM as our kernels run it (rows gathered, results
-    scattered): GEMM1 reads x rows and w1 of the used experts and writes (T*K, 2I) -- or, with
-    the SwiGLU epilogue, (T*K, I); GEMM2 reads (T*K, I) and w2 and writes (T*K, H)."""
-    T, H, I, K, b = num_tokens, hidden, intermediate, top_k, bytes_per_element
-    gemm1_out = I if fused_swiglu else 2 * I
-    name1 = layer.FUSED_STEP if fused_swiglu else "gemm1 (gate+up)"
-    return {
-        name1: (2.0 * T * K * H * 2 * I,
-                (experts_used * 2 * I * H + T * K * H + T * K * gemm1_out) * b),
-        "gemm2 (down, x weight)": (2.0 * T * K * I * H,
-                                   (experts_used * H * I + T * K * I + T * K * H) * b),
-    }
-
-
-def intermediate_bytes(num_tokens: int, top_k: int, intermediate: int, *, fused_swiglu: bool,
-                       bytes_per_element: int = 2) -> int:
-    """Bytes of the GEMM1 -> GEMM2 intermediate that go through memory: unfused, GEMM1 writes
-    (T*K, 2I), silu_and_mul reads it and writes (T*K, I), GEMM2 reads that; fused, GEMM1
-    writes (T*K, I) and GEMM2 reads it."""
-    rows, b = num_tokens * top_k, bytes_per_element
-    if fused_swiglu:
-        return 2 * rows * intermediate * b
-    return (2 * rows * 2 * intermediate + 2 * rows * intermediate) * b
-
-
-def measure_ceilings(cp, *, copy_bytes: int = 1 << 30, matmul_n: int = 8192) -> tuple[float, float]:
-    """(copy bandwidth GB/s, float16 matmul TFLOP/s), both measured now on this GPU."""
-    from cupyx.profiler import benchmark
-    src = cp.ones(copy_bytes // 2, dtype=cp.float16)
-    dst = cp.empty_like(src)
-    t = _median_ms(benchmark(lambda: cp.copyto(dst, src), n_repeat=30, n_warmup=5))
-    bandwidth = 2 * copy_bytes / (t * 1e-3) / 1e9
-    del src, dst
-    a = cp.random.standard_normal((matmul_n, matmul_n), dtype=cp.float32).astype(cp.float16)
-    b = cp.random.standard_normal((matmul_n, matmul_n), dtype=cp.float32).astype(cp.float16)
-    t = _median_ms(benchmark(lambda: a @ b, n_repeat=20, n_warmup=3))
-    tflops = 2.0 * matmul_n ** 3 / (t * 1e-3) / 1e12
-    del a, b
-    cp.get_default_memory_pool().free_all_blocks()
-    return bandwidth, tflops
-
-
-def _median_ms(result) -> float:
-    return float(np.median(result.gpu_times[0])) * 1e3
-
-
-# ---------------------------------------------------------------------------------------------
-# Timing
-# ---------------------------------------------------------------------------------------------
-
-def time_ms(fn, *, target_s: float = 0.2, min_reps: int = 5, max_reps: int = 100) -> float:
-    """Median GPU time (ms) of ``fn()`` over as many runs as fit in ~``target_s``
-    (``cupyx.profiler.benchmark``: CUDA events around each call on the current stream)."""
-    import cupy as cp
-    from cupyx.profiler import benchmark
-    fn()                                           # compile / warm
-    cp.cuda.Device().synchronize()
-    t0 = time.perf_counter()
-    fn()
-    cp.cuda.Device().synchronize()
-    est = max(time.perf_counter() - t0, 1e-6)
-    n = int(min(max_reps, max(min_reps, target_s / est)))
-    return _median_ms(benchmark(fn, n_repeat=n, n_warmup=min(3, n)))
-
-
-def time_graphs_ms(graphs, stream, *, target_s: float = 0.05, batches: int = 5) -> float:
-    """Device time (ms) of one replay of ``graphs`` (launched in order on ``stream``): replays
-    back to back between two CUDA events, so the GPU never waits for the host; the median of
-    ``batches`` batches."""
-    import cupy as cp
-
-    def replay():
-        for g in graphs:
-            g.launch(stream)
-
-    replay()
-    stream.synchronize()
-    t0 = time.perf_counter()
-    replay()
-    stream.synchronize()
-    reps = int(min(50, max(1, target_s / max(time.perf_counter() - t0, 1e-6))))
-    times = []
-    for _ in range(batches):
-        start, end = cp.cuda.Event(), cp.cuda.Event()
-        start.record(stream)
-        for _ in range(reps):
-            replay()
-        end.record(stream)
-        end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end) / reps)
-    return float(np.median(times))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,12 +188,11 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
     kw = dict(e_score_correction_bias=prob.get("e_score_correction_bias"), **p.router_kwargs())
     weights, ids = tuning.route(shape, prob)
     default, tuned, fused = _configs(shape)
-    sample_cfg = layer.SAMPLE_TILES
     sample_align = {}
 
     def sample_aligned():
         if not sample_align:
-            sample_align["a"] = layer.host_align(ids, E, sample_cfg.tile_m)
+            sample_align["a"] = sample_peer.align(ids, E)
         return sample_align["a"]
 
     makers = {    # key -> () -> the eager callable to check and time
@@ -314,10 +204,10 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
             *args, K, config=fused.replace(transpose_b=True), fused_swiglu=True, **kw)),
         "gather": lambda: (lambda: layer.moe_forward(
             *args, K, config=default.replace(sorted_rows=False), **kw)),
-        "sample_kernels": lambda: (lambda: layer.moe_forward_aligned(
-            args[0], args[1], args[2], weights, ids, *sample_aligned(), config=sample_cfg)),
-        "sample_e2e": lambda: (lambda: layer.moe_forward_host_aligned(
-            args[0], args[1], args[2], weights, ids, config=sample_cfg)),
+        "sample_kernels": lambda: (lambda: sample_peer.moe_forward_aligned(
+            args[0], args[1], args[2], weights, ids, *sample_aligned())),
+        "sample_e2e": lambda: (lambda: sample_peer.moe_forward(args[0], args[1], args[2],
+                                                               weights, ids)),
         "cupy_loop": lambda: (lambda: layer.moe_forward_expert_loop(args[0], args[1], args[2],
                                                                     weights, ids)),
     }
@@ -337,7 +227,7 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
     row = {"shape": shape.name, "dims": [T, H, E, I, K], "experts_used": used, "flops": flops,
            "bytes": nbytes, "floor_ms": floor, "variants": {},
            "configs": {"default": _cfg_names(default), "tuned": _cfg_names(tuned),
-                       "fused": _cfg_names(fused)}}
+                       "fused": _cfg_names(fused)}, "sample_peer": SAMPLE_PEER}
     n = min(T, CHECK_TOKENS)
     want = ref.moe_forward(args[0][:n], args[1], args[2], args[3][:n], K, **kw)
     bound = "memory" if nbytes / (bw * 1e9) > flops / (peak * 1e12) else "compute"
@@ -353,10 +243,10 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
         try:
             if captured is not None:
                 got = captured.out
-                ms = time_graphs_ms(captured.graphs, captured.stream)
+                ms = timing.graph_ms(captured.graphs, captured.stream)
             else:
                 got = fn()
-                ms = time_ms(fn)
+                ms = timing.median_ms(fn)
             err = ref.relative_error(_to_numpy(got)[:n], want)
             entry.update(ms=ms, rel_err=err, ok=bool(err <= TOL[dtype]))
         except Exception as exc:  # noqa: BLE001
@@ -424,7 +314,7 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
                       "gather": default.replace(sorted_rows=False)}[best]
             cl = layer.capture(*args, K, config=config, split_steps=True,
                                fused_swiglu=best in FUSED, **kw)
-            row["steps_us"] = {name: time_graphs_ms([g], cl.stream) * 1e3
+            row["steps_us"] = {name: timing.graph_ms([g], cl.stream) * 1e3
                                for name, g in zip(cl.step_names, cl.graphs)}
             row["steps_of"] = best
             log("    device time per step (" + LABELS[best] + "): " + ", ".join(
@@ -499,9 +389,13 @@ def _cell(row, key) -> str:
 
 
 def summary_table(rows, gpu: str) -> str:
-    """The issue's table with our columns, as markdown."""
-    head = ("| shape (T, H, E, I, top-k) | floor | ours best | ours eager (fused) | sample e2e "
-            "| sample kernels | torch._grouped_mm | ours / floor | target |")
+    """The issue's table with our columns, as markdown. Rows recorded before the sample peer
+    was re-implemented (no ``sample_peer`` key) label their sample columns for what they were."""
+    sample = "cuTile sample (re-implemented)" if all(
+        r.get("sample_peer") == SAMPLE_PEER for r in rows) else \
+        "sample-style peer (our gather kernel with the sample's tiles, not the sample)"
+    head = (f"| shape (T, H, E, I, top-k) | floor | ours best | ours eager (fused) "
+            f"| {sample}: e2e | {sample}: kernels | torch._grouped_mm | ours / floor | target |")
     lines = [f"Measured on {gpu} (float16; torch in bfloat16), median ms:", "", head,
              "|" + "---|" * 9]
     for r in rows:
@@ -609,7 +503,7 @@ def warm_in_parallel(kind: str, shapes, jobs: int, timeout_s: float, log=_print)
 
 
 # ---------------------------------------------------------------------------------------------
-# Recorded results (notebook 05) and the plot
+# Recorded results (notebook 05)
 # ---------------------------------------------------------------------------------------------
 
 def record_results(path, gpu: str, ceilings, rows) -> None:
@@ -638,43 +532,6 @@ def recorded_results() -> list[dict]:
         if isinstance(data, dict) and data.get("format") == 1 and "rows" in data:
             runs.append({**data, "path": str(path)})
     return sorted(runs, key=lambda d: d.get("created", ""), reverse=True)
-
-
-def plot_roofline(rows, ceilings, path=None, *, title=""):
-    """Achieved TFLOP/s against arithmetic intensity (the layer's FLOPs / floor bytes) for
-    our best variant and the peers, under the measured roofline. Saves to ``path`` if given;
-    returns the figure."""
-    import matplotlib
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    bw, peak = ceilings
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    ai = np.logspace(0, 4, 200)
-    ax.loglog(ai, np.minimum(peak, ai * bw / 1e3), "k-", lw=1.5, label="measured roofline")
-    marks = {"best": ("o", "ours (best)"), "sample_kernels": ("s", "sample kernels"),
-             "torch": ("^", "torch._grouped_mm")}
-    seen = set()
-    for r in rows:
-        x = r["flops"] / r["bytes"]
-        for key, (marker, label) in marks.items():
-            k = r.get("verdict", {}).get("best") if key == "best" else key
-            ms = _ms(r, k) if k else None
-            if ms is None:
-                continue
-            ax.loglog(x, r["flops"] / ms / 1e9, marker, color=f"C{list(marks).index(key)}",
-                      label=None if key in seen else label)
-            seen.add(key)
-            if key == "best":
-                ax.annotate(r["shape"], (x, r["flops"] / ms / 1e9), fontsize=7,
-                            xytext=(4, -10), textcoords="offset points")
-    ax.set(xlabel="arithmetic intensity (FLOP per byte of the floor)", ylabel="TFLOP/s",
-           title=title or f"MoE layers on the roofline ({bw:.0f} GB/s, {peak:.0f} TFLOP/s)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -724,7 +581,7 @@ def run(shapes, *, peers=True, jobs=0, budget_s=280.0, json_path=None, plot_path
     log(f"\nfloor = max(FLOPs / {peak:.0f} TFLOP/s, bytes / {bw:.0f} GB/s), bytes = weights of "
         f"the experts used + input and output; targets: <= {TARGET_RATIO}x floor where the "
         f"floor is >= {TARGET_MIN_FLOOR_MS} ms, and faster than torch._grouped_mm and the "
-        f"sample kernels.")
+        f"cuTile sample's kernels (re-implemented: moe_tutorial.sample_peer).")
     for r in rows:
         if not r.get("verdict", {}).get("met"):
             log(f"  {r['shape']}: {limits(r, (bw, peak))}")
@@ -741,7 +598,38 @@ def run(shapes, *, peers=True, jobs=0, budget_s=280.0, json_path=None, plot_path
     return rows
 
 
-def main(argv=None) -> int:
+def tune(shapes, *, out=None, jobs=0, budget_s=420.0, log=_print) -> list[dict]:
+    """``--tune``: autotune ``shapes`` (largest floor first; kernels compiled in parallel
+    first) and write the table to ``out`` (default: ``configs/<GPU name>.json``)."""
+    import cupy as cp
+    gpu = _gpu_name(cp)
+    out = Path(out) if out else tuning.CONFIG_DIR / tuning.file_name(gpu)
+    log(f"tuning {len(shapes)} shapes on {gpu} -> {out} (budget {budget_s:.0f} s)")
+    t0 = time.time()
+    order = sorted(shapes, key=lambda s: -floor_guess_ms(s.dims))
+    warm_in_parallel("tune", order, jobs, min(240.0, 0.55 * budget_s), log)
+    entries = autotune.run(order, out, budget_s=budget_s - (time.time() - t0), log=log)
+    log(f"wrote {len(entries)} entries to {out} ({time.time() - t0:.0f} s); commit it as "
+        f"moe_tutorial/configs/{tuning.file_name(gpu)}")
+    return entries
+
+
+def warm_worker(kind: str, shapes, part: str = "0/1") -> None:
+    """A worker process of ``warm_in_parallel``: compile (run once) the kernels of ``shapes``."""
+    for shape in shapes:
+        if kind == "tune":
+            i, n = (int(v) for v in part.split("/"))
+            autotune.warm_shape(shape, i, n)
+        else:
+            bench_shape(shape, warm_only=True)
+
+
+def presets_floor_guess(shape) -> float:
+    """``roofline.floor_guess_ms`` of a ``presets.LayerShape`` (the tuner's shape order)."""
+    return floor_guess_ms(shape.dims)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m moe_tutorial.bench",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--shape", action="append", metavar="T,H,E,I,K",
@@ -749,7 +637,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", action="append", metavar="TEXT",
                         help="only the shapes whose name contains TEXT (repeatable)")
     parser.add_argument("--no-peers", action="store_true",
-                        help="skip the sample-style, CuPy-loop and torch peers")
+                        help="skip the cuTile-sample, CuPy-loop and torch peers")
     parser.add_argument("--jobs", type=int, default=None,
                         help="worker processes compiling kernels first (0: none; default: "
                              "min(shapes, 8, CPUs/2))")
@@ -762,51 +650,40 @@ def main(argv=None) -> int:
     parser.add_argument("--out", metavar="FILE.json",
                         help="with --tune: where to write the config table (default: "
                              "moe_tutorial/configs/<GPU name>.json)")
+    parser.add_argument("--compare-sample-dir", metavar="DIR",
+                        help="instead of benchmarking: time NVIDIA's cuTile MoE sample "
+                             "(DIR/MoE.py, needs torch) against our re-implementation")
     parser.add_argument("--_warm", choices=["bench", "tune"], help=argparse.SUPPRESS)
     parser.add_argument("--_part", default="0/1", help=argparse.SUPPRESS)
     a = parser.parse_args(argv)
+    try:
+        a.shapes = _shapes(a.shape, a.only)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if a.jobs is None:
+        a.jobs = min(len(a.shapes), 8, max(1, (os.cpu_count() or 2) // 2))
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
     ok, why = device.gpu_status()
     if not ok:
         print(f"moe_tutorial.bench needs a GPU ({why}); nothing to measure on the CPU. "
-              f"Notebook 05 shows numbers recorded on an H100.")
+              f"Notebook 05 shows numbers recorded on a GPU.")
         return 0
-    try:
-        shapes = _shapes(a.shape, a.only)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if a._warm:                      # a worker of warm_in_parallel
-        for shape in shapes:
-            if a._warm == "tune":
-                part, parts = (int(v) for v in a._part.split("/"))
-                tuning.warm_shape(shape, part, parts)
-            else:
-                bench_shape(shape, warm_only=True)
-        return 0
-    jobs = a.jobs if a.jobs is not None else min(len(shapes), 8, max(1, (os.cpu_count() or 2) // 2))
-    if a.tune:
-        import cupy as cp
-        gpu = _gpu_name(cp)
-        out = Path(a.out) if a.out else tuning.CONFIG_DIR / tuning.file_name(gpu)
-        budget = a.budget or 420.0
-        _print(f"tuning {len(shapes)} shapes on {gpu} -> {out} (budget {budget:.0f} s)")
-        t0 = time.time()
-        order = sorted(shapes, key=lambda s: -presets_floor_guess(s))
-        warm_in_parallel("tune", order, jobs, min(240.0, 0.55 * budget))
-        entries = tuning.run(order, out, budget_s=budget - (time.time() - t0), log=_print)
-        print(f"wrote {len(entries)} entries to {out} ({time.time() - t0:.0f} s); commit it as "
-              f"moe_tutorial/configs/{tuning.file_name(gpu)}")
-        return 0
-    run(shapes, peers=not a.no_peers, jobs=jobs, budget_s=a.budget or 280.0,
-        json_path=a.json, plot_path=a.plot)
+    if a._warm:
+        warm_worker(a._warm, a.shapes, a._part)
+    elif a.compare_sample_dir:
+        from . import sample_compare
+        rows = sample_compare.run(a.compare_sample_dir, a.shapes, log=_print)
+        return 0 if rows and all(r["align_identical"] for r in rows) else 1
+    elif a.tune:
+        tune(a.shapes, out=a.out, jobs=a.jobs, budget_s=a.budget or 420.0)
+    else:
+        run(a.shapes, peers=not a.no_peers, jobs=a.jobs, budget_s=a.budget or 280.0,
+            json_path=a.json, plot_path=a.plot)
     return 0
-
-
-def presets_floor_guess(shape) -> float:
-    """A GPU-free guess of a shape's floor (ms, at 785 TFLOP/s and 2900 GB/s, all experts
-    used): the tuner starts with the shapes the 1.25x-floor target applies to."""
-    T, H, E, I, K = shape.dims
-    used = E * (1 - (1 - K / E) ** T)
-    return roofline_floor_ms(*layer_cost(T, H, I, K, round(used)), 785.0, 2900.0)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@
 Method: fresh random float16 inputs per size; every implementation is checked against a float64
 reference (computed on the GPU) before it is timed; times are GPU times (CUDA events, via
 ``cupyx.profiler.benchmark``) of batches of back-to-back launches, so Python launch overhead
-does not count, after warm-up; the median over the repeats is reported. The ceiling is a
-measured device-to-device ``cudaMemcpyAsync`` of a 512 MiB buffer (bytes read + written).
+does not count, after warm-up; the median over the repeats is reported (``moe_tutorial.timing``).
+The ceiling is the package's copy ceiling, ``timing.copy_bandwidth_gbs``: a measured
+device-to-device ``cudaMemcpyAsync`` of 1 GiB (bytes read + written).
 
 1. Sizes: the defaults (tiles from ``activation.choose_tiles``; approximate division for these
    float16 outputs, ``activation.default_approx_div``; the odd tail columns in their own launch
@@ -37,7 +38,7 @@ import time
 import numpy as np
 
 from . import activation as act
-from . import device
+from . import device, timing
 
 # Problem sizes (M tokens, I intermediate width), all with M * I >= 16M elements; two widths are
 # not powers of two and one M is odd.
@@ -72,36 +73,13 @@ def _cp():
     return cupy
 
 
-# ---------------------------------------------------------------------------------------------
-# Timing
-# ---------------------------------------------------------------------------------------------
-
-def gpu_time_ms(fn, *, n_inner: int = 10, n_repeat: int = 30, n_warmup: int = 3) -> float:
-    """Median GPU time of one call of ``fn``, in ms (batches of ``n_inner`` back-to-back calls
-    hide the host-side launch cost)."""
-    from cupyx.profiler import benchmark
-
-    def batch():
-        for _ in range(n_inner):
-            fn()
-
-    result = benchmark(batch, n_repeat=n_repeat, n_warmup=n_warmup)
-    return float(np.median(result.gpu_times[0])) * 1e3 / n_inner
+copy_bandwidth_gbs = timing.copy_bandwidth_gbs      # the package's copy ceiling (notebook 02)
 
 
-def copy_bandwidth_gbs(nbytes: int = 512 << 20) -> float:
-    """Measured device-to-device copy bandwidth in GB/s, counting bytes read + written."""
-    cp = _cp()
-    src = cp.ones(nbytes, dtype=cp.uint8)
-    dst = cp.empty_like(src)
-    kind = cp.cuda.runtime.memcpyDeviceToDevice
-
-    def copy():
-        cp.cuda.runtime.memcpyAsync(dst.data.ptr, src.data.ptr, nbytes, kind,
-                                    cp.cuda.get_current_stream().ptr)
-
-    ms = gpu_time_ms(copy, n_inner=5, n_repeat=20)
-    return 2 * nbytes / (ms * 1e-3) / 1e9
+def gpu_time_ms(fn, *, n_inner: int = 10) -> float:
+    """Median GPU time of one call of ``fn`` in ms: ``timing.median_ms`` of batches of
+    ``n_inner`` back-to-back calls (they hide the host-side launch cost)."""
+    return timing.median_ms(fn, n_inner=n_inner)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,22 +298,13 @@ def summarize(M: int, I: int, tuning_rows, size_rows) -> str:
     return text
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--no-hints", action="store_true",
-                        help="tune tile shapes only (no compiler-hint variants)")
-    parser.add_argument("--sweep", action="store_true",
-                        help="also a bigger tile sweep at M=8192, I=2048")
-    parser.add_argument("--json", help="also write all rows to this JSON file")
-    args = parser.parse_args(argv)
-
-    if device.backend() != "gpu":
-        print(f"bench_activation needs a GPU ({device.gpu_status()[1]}); nothing measured.")
-        return 0
+def run(*, hints: bool = True, sweep_tiles: bool = False, json_path=None) -> bool:
+    """The benchmark (see the module); prints its tables, returns whether every variant that
+    ran was correct."""
     t0 = time.perf_counter()
     print(device.describe())
     copy_gbs = copy_bandwidth_gbs()
-    print(f"\nmeasured device-to-device copy (cudaMemcpyAsync, 512 MiB, read + write): "
+    print(f"\nmeasured device-to-device copy (cudaMemcpyAsync, 1 GiB, read + write): "
           f"{copy_gbs:.0f} GB/s\n")
 
     rows = []
@@ -351,7 +320,7 @@ def main(argv=None) -> int:
         t1 = time.perf_counter()
         if act.choose_tiles(M, I) not in tiles:
             tiles = tiles + [act.choose_tiles(M, I)]          # always measure the default rule
-        tuning[(M, I)] = tune_shape(M, I, tiles, [] if args.no_hints else hint_list, copy_gbs)
+        tuning[(M, I)] = tune_shape(M, I, tiles, hint_list if hints else [], copy_gbs)
         print(f"\n2. tuning at M={M}, I={I} (default rule: {act.choose_tiles(M, I)}); tile "
               f"shapes, then hints on the fastest tile shape; fastest first "
               f"[{time.perf_counter() - t1:.0f} s, {len(tuning[(M, I)])} variants]")
@@ -359,7 +328,7 @@ def main(argv=None) -> int:
                                                                                nan=np.inf)))))
 
     sweep = []
-    if args.sweep:
+    if sweep_tiles:
         sweep = tile_sweep(*SWEEP_SIZE, BIG_SWEEP, copy_gbs)
         print(f"\nbig tile sweep at M={SWEEP_SIZE[0]}, I={SWEEP_SIZE[1]}")
         print(format_table(sorted(sweep, key=lambda r: np.nan_to_num(r["ms"], nan=np.inf))))
@@ -370,13 +339,27 @@ def main(argv=None) -> int:
         print(summarize(M, I, tuning_rows, rows))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
-    if args.json:
-        with open(args.json, "w") as f:
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump({"device": device.describe(), "copy_GB/s": copy_gbs, "sizes": rows,
                        "tuning": [r for rs in tuning.values() for r in rs], "sweep": sweep},
                       f, indent=1)
     all_rows = rows + sweep + [r for rs in tuning.values() for r in rs]
-    return 0 if all(r["correct"] is not False for r in all_rows) else 1
+    return all(r["correct"] is not False for r in all_rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--no-hints", action="store_true",
+                        help="tune tile shapes only (no compiler-hint variants)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also a bigger tile sweep at M=8192, I=2048")
+    parser.add_argument("--json", help="also write all rows to this JSON file")
+    args = parser.parse_args(argv)
+    if device.backend() != "gpu":
+        print(f"bench_activation needs a GPU ({device.gpu_status()[1]}); nothing measured.")
+        return 0
+    return 0 if run(hints=not args.no_hints, sweep_tiles=args.sweep, json_path=args.json) else 1
 
 
 if __name__ == "__main__":

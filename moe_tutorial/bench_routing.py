@@ -9,11 +9,12 @@ microseconds (medians):
 * **graph** -- the device time of the same calls replayed from a CUDA graph (how the MoE layer
   runs them for decode: alignment never syncs with the host, so everything can be captured).
   A graph holds ``GRAPH_REPS`` back-to-back calls and is timed with CUDA events while the GPU
-  is already busy with a previous replay, so no host time is included.
+  is already busy with a previous replay, so no host time is included (``timing.capture_ms``).
 
 Peers: a CuPy sort-based alignment (argsort + bincount + cumsum + scatter; bincount syncs with
-the host) and the host loop of cuTile's ``samples/MoE.py`` (one Python iteration, and host
-syncs, per expert). Neither can be captured in a graph.
+the host) and the host loop of cuTile's ``samples/MoE.py`` as re-implemented in
+``sample_peer.align`` (one Python iteration, and host syncs, per expert). Neither can be
+captured in a graph.
 
 Then: a per-kernel breakdown of ``align`` (graphs of the first 1, 2 and 3 of its launches:
 differences give each kernel's device time; the same for host time of eager launches), and a
@@ -29,6 +30,7 @@ the run goes on.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 import traceback
@@ -36,7 +38,7 @@ import traceback
 import cuda.tile as ct
 import numpy as np
 
-from . import device, routing
+from . import device, routing, sample_peer, timing
 from .routing import (align, align_launches, align_reference, grouped_topk,
                       grouped_topk_reference, max_padded_size, topk_softmax,
                       topk_softmax_reference)
@@ -48,7 +50,6 @@ SHAPES = [  # (name, T, K, E, tile_m)
 ]
 TARGET_US = {"align": 25.0, "topk_softmax": 15.0}
 GRAPH_REPS = 20          # calls captured in one graph
-GRAPH_LAUNCHES = 15      # timed replays (median)
 
 
 def align_cupy_sort(topk_ids, num_experts, tile_m):
@@ -78,25 +79,11 @@ def align_cupy_sort(topk_ids, num_experts, tile_m):
 
 
 def align_host_loop(topk_ids, num_experts, tile_m):
-    """The idea of samples/MoE.py's ``moe_align_tile_size_torch``: a Python loop over experts
-    that slices device arrays with per-expert counts (each count read is a host sync)."""
-    cp = device.array_module(topk_ids)
-    flat = topk_ids.reshape(-1)
-    n = flat.size
-    order = cp.argsort(flat.astype(cp.int64) * n + cp.arange(n), axis=None).astype(cp.int32)
-    counts = cp.bincount(flat, minlength=num_experts)
-    blocks = (counts + tile_m - 1) // tile_m
-    total_blocks = int(blocks.sum())                                 # host sync
-    sorted_token_ids = cp.full(total_blocks * tile_m, n, dtype=cp.int32)
-    expert_ids = cp.zeros(total_blocks, dtype=cp.int32)
-    block, token = 0, 0
-    for e in range(num_experts):
-        count, nblocks = int(counts[e]), int(blocks[e])              # two host syncs
-        expert_ids[block:block + nblocks] = e
-        sorted_token_ids[block * tile_m:block * tile_m + count] = order[token:token + count]
-        token += count
-        block += nblocks
-    return sorted_token_ids, expert_ids, total_blocks * tile_m
+    """The host alignment of cuTile's ``samples/MoE.py`` (``sample_peer.align``: a Python loop
+    over the experts, host syncs per expert); returns ``(sorted_token_ids, expert_ids,
+    num_tokens_post_padded)`` with the arrays cut at the padded total, as the sample sizes them."""
+    sorted_token_ids, expert_ids = sample_peer.align(topk_ids, num_experts, tile_m)
+    return sorted_token_ids, expert_ids, int(sorted_token_ids.shape[0])
 
 
 def _check_align(name, got, want, exact_size=True):
@@ -116,61 +103,20 @@ def _check_align(name, got, want, exact_size=True):
 # Timing helpers
 # ------------------------------------------------------------------------------------------
 def _median_us(fn, n_repeat, n_warmup=10):
-    """Eager (GPU time, host time) medians in microseconds, from cupyx.profiler.benchmark."""
-    from cupyx.profiler import benchmark
-    r = benchmark(fn, (), n_repeat=n_repeat, n_warmup=n_warmup)
-    return float(np.median(r.gpu_times[0])) * 1e6, float(np.median(r.cpu_times)) * 1e6
+    """Eager (GPU time, host time) medians in microseconds (``timing.eager``)."""
+    t = timing.eager(fn, n_repeat=n_repeat, n_warmup=n_warmup)
+    return t.gpu_ms * 1e3, t.host_ms * 1e3
 
 
-def graph_us(fn, reps=GRAPH_REPS, launches=GRAPH_LAUNCHES):
+def graph_us(fn, reps=GRAPH_REPS):
     """Device time of one ``fn()`` in microseconds, replayed from a CUDA graph holding ``reps``
-    calls; returns ``(us, last result)``. ``fn`` runs once eagerly first (compiles, fills the
-    memory pool). Each timed replay is enqueued behind another replay, so the GPU never waits
-    for the host inside the events. The results of the captured calls stay alive (their memory
-    is what the graph writes) and the last one is returned, written by the replays."""
-    import cupy as cp
-    fn()
-    cp.cuda.Device().synchronize()
-    stream = cp.cuda.Stream(non_blocking=True)
-    results = []
-    with stream:
-        stream.begin_capture()
-        try:
-            for _ in range(reps):
-                results.append(fn())
-        except BaseException:
-            try:                                  # leave the stream usable for the next row
-                stream.end_capture()
-            except Exception:  # noqa: BLE001 - the capture is already broken
-                pass
-            raise
-        graph = stream.end_capture()
-    start, stop = cp.cuda.Event(), cp.cuda.Event()
-    times = []
-    graph.launch(stream)
-    for _ in range(launches):
-        graph.launch(stream)                      # keeps the GPU busy while we enqueue ...
-        start.record(stream)
-        graph.launch(stream)                      # ... the timed replay
-        stop.record(stream)
-        stop.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, stop) * 1e3 / reps)
-    return float(np.median(times)), results[-1]
+    calls (``timing.capture_ms``); returns ``(us, last result)`` -- the last captured call's
+    result, written by the replays, for checking."""
+    ms, last = timing.capture_ms(fn, reps=reps)
+    return ms * 1e3, last
 
 
-def host_us(fn, calls=300, rounds=5):
-    """Host time of one ``fn()`` in microseconds (median over rounds of ``calls`` calls)."""
-    import cupy as cp
-    fn()
-    cp.cuda.Device().synchronize()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - t0) / calls * 1e6)
-        cp.cuda.Device().synchronize()
-    return float(np.median(times))
+host_us = timing.host_us
 
 
 class Table:
@@ -370,12 +316,12 @@ def launch_overhead(table):
 # ------------------------------------------------------------------------------------------
 # Sweep of the tuning constants
 # ------------------------------------------------------------------------------------------
-SWEEP = {  # module constants of moe_tutorial.routing -> values tried by --sweep
+SWEEP = {  # routing.ROUTER_TILE_ELEMS and fields of routing.AlignSettings -> values tried
     "ROUTER_TILE_ELEMS": (1024, 2048, 4096, 8192),
-    "ALIGN_TARGET_CHUNKS": (64, 128, 256),       # chunks of 512, 256, 128 replicas at T*K=32k
-    "ALIGN_PAIR_ELEMS": (2048, 4096, 8192),
-    "ALIGN_COUNT_ELEMS": (4096, 16384),
-    "ALIGN_SCAN_ELEMS": (1024, 4096, 16384),
+    "target_chunks": (64, 128, 256),       # chunks of 512, 256, 128 replicas at T*K=32k
+    "pair_elems": (2048, 4096, 8192),
+    "count_elems": (4096, 16384),
+    "scan_elems": (1024, 4096, 16384),
 }
 
 
@@ -392,18 +338,21 @@ def sweep(table, n_repeat, t=4096, k=8, e=128, tile_m=64):
     ids = cp.asarray(want_ids)
     print(f"\nsweep at T={t}, K={k}, E={e}, tile_m={tile_m} (defaults marked *)", flush=True)
     for knob, values in SWEEP.items():
-        default = getattr(routing, knob)
+        router = knob.startswith("ROUTER")
+        default = getattr(routing, knob) if router else getattr(routing.ALIGN_SETTINGS, knob)
         for value in values:
             what = f"{knob} = {value}{' *' if value == default else ''}"
 
             def go():
-                setattr(routing, knob, value)
-                if knob.startswith("ROUTER"):
+                if router:
+                    setattr(routing, knob, value)
                     fn = lambda: topk_softmax(logits, k, validate=False)  # noqa: E731
                     check = lambda o: np.testing.assert_array_equal(  # noqa: E731
                         device.to_numpy(o[1]), want_ids)
                 else:
-                    fn = lambda: align(ids, e, tile_m, validate=False)  # noqa: E731
+                    settings = dataclasses.replace(routing.ALIGN_SETTINGS, **{knob: value})
+                    fn = lambda: align(ids, e, tile_m, validate=False,  # noqa: E731
+                                       settings=settings)
                     check = lambda o: _align_ok(o, want, what)  # noqa: E731
                 check(fn())
                 eager = _median_us(fn, max(20, n_repeat // 4))
@@ -413,7 +362,27 @@ def sweep(table, n_repeat, t=4096, k=8, e=128, tile_m=64):
             try:
                 _try(table, f"sweep T={t}", what, go)
             finally:
-                setattr(routing, knob, default)
+                if router:
+                    setattr(routing, knob, default)
+
+
+def run(*, repeat: int = 200, sweep_constants: bool = False) -> "Table":
+    """The benchmark (see the module): prints its rows as they come, returns the table."""
+    print(device.describe())
+    print("Every result is checked against the NumPy references first (graph rows: the "
+          "replayed results too). Times in us, medians.\n")
+    t0 = time.perf_counter()
+    table = Table()
+    rng = np.random.default_rng(0)
+    for name, t, k, e, tile_m in SHAPES:
+        run_shape(table, name, t, k, e, tile_m, repeat, rng)
+    run_grouped(table, repeat, rng)
+    print()
+    launch_overhead(table)
+    if sweep_constants:
+        sweep(table, repeat)
+    print(f"\nbenchmark took {time.perf_counter() - t0:.0f} s")
+    return table
 
 
 def main(argv=None) -> int:
@@ -427,20 +396,7 @@ def main(argv=None) -> int:
         print(f"bench_routing needs a GPU: {device.gpu_status()[1]}. Nothing to measure on the "
               "CPU emulator (its timings say nothing about the GPU).")
         return 0
-    print(device.describe())
-    print("Every result is checked against the NumPy references first (graph rows: the "
-          "replayed results too). Times in us, medians.\n")
-    t0 = time.perf_counter()
-    table = Table()
-    rng = np.random.default_rng(0)
-    for name, t, k, e, tile_m in SHAPES:
-        run_shape(table, name, t, k, e, tile_m, args.repeat, rng)
-    run_grouped(table, args.repeat, rng)
-    print()
-    launch_overhead(table)
-    if args.sweep:
-        sweep(table, args.repeat)
-    print(f"\nbenchmark took {time.perf_counter() - t0:.0f} s")
+    run(repeat=args.repeat, sweep_constants=args.sweep)
     return 0
 
 

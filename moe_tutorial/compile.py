@@ -15,7 +15,7 @@ from cuda.tile.compilation import (ArrayConstraint, CallingConvention, KernelSig
 
 ARCHS = ("sm_80", "sm_90", "sm_100", "sm_120")
 # Modules whose compile_cases() the compile test collects.
-KERNEL_MODULES = ("tiles", "activation", "routing", "fused_moe")
+KERNEL_MODULES = ("tiles", "activation", "routing", "fused_moe", "sample_peer")
 
 
 def array(dtype, ndim: int, *, index_dtype=ct.int32) -> ArrayConstraint:

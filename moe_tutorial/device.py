@@ -119,7 +119,11 @@ def to_numpy(a):
 
 
 def launch(grid, kernel, args) -> None:
-    """Run ``kernel`` over ``grid``: ``ct.launch`` for CuPy arrays, the emulator for NumPy arrays."""
+    """Run ``kernel`` over ``grid``: ``ct.launch`` for CuPy arrays, the emulator for NumPy arrays.
+    ``grid`` is a tuple of 1 to 3 positive ints (NumPy integers too; floats are refused)."""
+    if not isinstance(grid, (tuple, list)) or not 1 <= len(grid) <= 3 or any(
+            isinstance(g, bool) or not isinstance(g, (int, np.integer)) or g < 1 for g in grid):
+        raise TypeError(f"launch: grid must be a tuple of 1 to 3 positive ints, got {grid!r}")
     cp = _cupy()
     gpu_type = cp.ndarray if cp is not None else ()
     n_gpu = n_cpu = 0

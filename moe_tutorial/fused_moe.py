@@ -20,16 +20,12 @@ the token replicas ``r = t*K + k`` by expert and padded every group to a multipl
    scatters the rows back to their replica rows of C, masking sentinel rows and the N edge.
 
 Index arithmetic cannot overflow int32 (the vLLM/SGLang ``stride * token > 2**31`` bug):
-- gathers and scatters take one index per axis; cuTile widens each to 64 bits before
-  multiplying by the stride (``_gather_scatter_pointer_and_mask`` casts to uint64), so flat
-  offsets such as ``replica * N + col`` are never formed in int32;
-- the weights' tile address ``expert * stride0 + ...`` reaches ``E * 2I * H`` = 7.5e9 elements
-  for DeepSeek-V3's ``w1`` (>> 2**31): when the weights are that big (``needs_int64_indexing``)
-  the wrapper launches ``fused_moe_kernel_int64``, whose ``W: ct.IndexedWithInt64`` makes cuTile
-  compute those addresses in 64 bits; smaller weights keep the cheaper int32 kernel (sm_90:
-  ~1700 fewer SASS instructions);
-- every value that stays in int32 is bounded by an array extent that ``ct.launch`` itself
-  refuses above 2**31 - 1 (T*K replicas, H, 2I).
+cuTile forms every address in 64 bits -- gathers and scatters widen each per-axis index before
+multiplying by the stride, and tile loads/stores (TMA or not) were exact past element 2**31 on
+an H200 (``needs_int64_indexing``) -- so only an array whose own extent or stride passes int32,
+which ``ct.launch`` refuses with int32 indexing, needs ``ct.IndexedWithInt64``: for weights, the
+wrapper then launches ``fused_moe_kernel_int64``. Every value that stays in int32 is bounded by
+such an extent (T*K replicas, H, 2I).
 
 Notebook 05 adds the performance variants: ``fused_moe_swiglu_kernel`` (GEMM1 with the SwiGLU
 epilogue: the gate and up tiles of the same columns in two accumulators, ``silu(gate) * up``
@@ -52,7 +48,7 @@ from dataclasses import dataclass
 import cuda.tile as ct
 import numpy as np
 
-from . import device
+from . import arguments, device, reference
 from .activation import silu_mul_f32
 from .compile import array, scalar
 
@@ -71,6 +67,17 @@ def swizzle_2d(bid, num_m, num_n, GROUP_SIZE_M):
     pid_m = first_m + bid % group_m
     pid_n = (bid % blocks_per_group) // group_m
     return pid_m, pid_n
+
+
+def block_replicas(sorted_token_ids, pid_m, TILE_M):
+    """The ``TILE_M`` replica ids of m-block ``pid_m``, read with ``ct.gather`` into registers.
+
+    Not ``ct.load(sorted_token_ids, (pid_m,), shape=(TILE_M,))``, although it reads the same
+    values: the compiler issues that load as a TMA bulk copy into shared memory, and a gather
+    whose row indices come from there is no longer pipelined (sm_90: 8 instead of 40 cp.async
+    copies and 16 instead of 40 wgmma in the code, twice the instructions); the GEMM ran 4-5x
+    slower on an H200 (notebook 03 measures both)."""
+    return ct.gather(sorted_token_ids, pid_m * TILE_M + ct.arange(TILE_M, dtype=ct.int32))
 
 
 def a_tile(A, pid_m, kt, a_rows, valid, TILE_M, TILE_K, SORTED):
@@ -139,7 +146,7 @@ def fused_moe_tile(A, W, C, topk_weights, sorted_token_ids, expert_ids, ROW_DIV,
     # nothing at all. (Written as an `if` around the body rather than an early `return`: inside
     # a helper function the return costs the compiler extra instructions.)
     if (expert >= 0) & (expert < W.shape[0]):
-        replicas = ct.load(sorted_token_ids, (pid_m,), shape=(TILE_M,))
+        replicas = block_replicas(sorted_token_ids, pid_m, TILE_M)
         # sentinel T*K marks padding slots (in slot order C has more rows than T*K; the
         # router weights have exactly T*K, and only they need `valid` then)
         num_replicas = topk_weights.shape[0] if SORTED else C.shape[0]
@@ -206,7 +213,7 @@ def fused_moe_swiglu_tile(A, W_gate, W_up, C, sorted_token_ids, expert_ids, ROW_
     pid_m, pid_n = swizzle_2d(ct.bid(0), num_m, num_n, GROUP_SIZE_M)
     expert = ct.load(expert_ids, (pid_m,), shape=())
     if (expert >= 0) & (expert < W_gate.shape[0]):
-        replicas = ct.load(sorted_token_ids, (pid_m,), shape=(TILE_M,))
+        replicas = block_replicas(sorted_token_ids, pid_m, TILE_M)
         valid = replicas < C.shape[0]                 # (not needed when SORTED)
         a_rows = replicas // ROW_DIV
         lat = LATENCY if LATENCY > 0 else None
@@ -256,7 +263,7 @@ def permute_rows_kernel(X, sorted_token_ids, expert_ids, out, positions, num_rep
     pid_m, pid_h = ct.bid(0), ct.bid(1)
     expert = ct.load(expert_ids, (pid_m,), shape=())
     if expert >= 0:
-        replicas = ct.load(sorted_token_ids, (pid_m,), shape=(TILE_M,))
+        replicas = block_replicas(sorted_token_ids, pid_m, TILE_M)
         valid = replicas < num_replicas
         cols = pid_h * TILE_H + ct.arange(TILE_H, dtype=ct.int32)
         slots = pid_m * TILE_M + ct.arange(TILE_M, dtype=ct.int32)
@@ -275,10 +282,11 @@ def moe_sum_kernel(Y, topk_ids, expert_map, positions, out, num_experts,
     """out[t] = sum_k Y[row(t*K + k)] over the replicas that were computed (fp32 accumulation);
     row(r) = r, or ``positions[r]`` when Y is in slot order (HAS_POSITIONS).
 
-    A replica counts when its id is in [0, num_experts) and, with an expert map, maps to a
-    local expert; the others' rows of Y were never written (their experts live on other ranks,
-    or the id was -1) and are skipped, not read as zeros. Grid (cdiv(T, TILE_T),
-    cdiv(H, TILE_H))."""
+    A replica counts when its local expert -- its id, or with an expert map ``expert_map[id]``
+    for ids in [0, len(expert_map)) -- is in [0, num_experts), the rule ``routing.align`` uses
+    (``reference.local_expert_ids``); the others' rows of Y were never written (their experts
+    live on other ranks, or the id was -1 or out of range) and are skipped, not read as zeros.
+    Grid (cdiv(T, TILE_T), cdiv(H, TILE_H))."""
     tokens = ct.bid(0) * TILE_T + ct.arange(TILE_T, dtype=ct.int32)
     cols = ct.bid(1) * TILE_H + ct.arange(TILE_H, dtype=ct.int32)
     in_t = tokens < topk_ids.shape[0]
@@ -286,10 +294,11 @@ def moe_sum_kernel(Y, topk_ids, expert_map, positions, out, num_experts,
     acc = ct.full((TILE_T, TILE_H), 0.0, dtype=ct.float32)
     for k in range(TOP_K):
         ids = ct.gather(topk_ids, (tokens, k), mask=in_t, padding_value=-1)
-        used = (ids >= 0) & (ids < num_experts)
+        local = ids
         if HAS_EXPERT_MAP:
-            local = ct.gather(expert_map, ids, mask=used, padding_value=-1)
-            used = used & (local >= 0)
+            local = ct.gather(expert_map, ids, mask=(ids >= 0) & (ids < expert_map.shape[0]),
+                              padding_value=-1)
+        used = (local >= 0) & (local < num_experts)
         rows = tokens * TOP_K + k
         if HAS_POSITIONS:
             rows = ct.gather(positions, rows, mask=used, padding_value=0)
@@ -432,45 +441,83 @@ def rule_tiles(tile_m: int, dtype="float16") -> tuple[int, int]:
 # Host wrappers
 # ---------------------------------------------------------------------------------------------
 
-_FLOAT_DTYPES = ("float16", "bfloat16", "float32")
+_FLOAT_DTYPES = arguments.FLOAT_NAMES
 
 
 def _dtype_name(a) -> str:
     return np.dtype(a.dtype).name
 
 
-def _require_array(name, a, ndim, fn):
-    if not hasattr(a, "shape") or not hasattr(a, "dtype"):
-        raise TypeError(f"{fn}: {name} must be a NumPy or CuPy array, got {type(a).__name__}")
-    if a.ndim != ndim:
-        raise ValueError(f"{fn}: {name} must be {ndim}-D, got shape {tuple(a.shape)}")
+def _require_array(name, a, ndim, fn, dtypes=None):
+    arguments.require_array(fn, name, a, ndim, dtypes)
 
 
-def _require_same_device(fn, **arrays):
-    kinds = {name: device.is_gpu_array(a) for name, a in arrays.items() if a is not None}
-    if len(set(kinds.values())) > 1:
-        where = ", ".join(f"{n} on {'GPU' if g else 'CPU'}" for n, g in kinds.items())
-        raise TypeError(f"{fn}: all arrays must be on the same device ({where})")
+_require_same_device = arguments.require_same_device
 
 
 def _check_positive_int(fn, name, v):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{fn}: {name} must be a positive int, got {v!r}")
+        arguments.fail(fn, ValueError if isinstance(v, (int, np.integer)) else TypeError,
+                  f"{name} must be a positive int, got {v!r}")
+    return int(v)
+
+
+def _check_slot_ids(fn, sorted_token_ids, num_replicas, tile_m, what):
+    """``validate=True``: ``sorted_token_ids`` as ``align`` makes them for ``num_replicas``
+    replicas (a host sync on the GPU): every id a replica in ``[0, num_replicas)`` or the
+    sentinel ``num_replicas``; none listed twice; and the last slot the sentinel (``align``
+    always pads the last block when ``tile_m > 1``) -- which catches ids aligned for another
+    ``T*K`` (a different ``top_k``)."""
+    arguments.require_values_in(fn, "sorted_token_ids", sorted_token_ids, 0, num_replicas,
+                           f" (replicas 0..{what}-1, sentinel {what})")
+    ids = device.to_numpy(sorted_token_ids)
+    real = ids[ids < num_replicas]
+    if real.size != np.unique(real).size:
+        arguments.fail(fn, ValueError, f"sorted_token_ids lists a replica twice: they are not "
+                                  f"align()'s output for {what} = {num_replicas} replicas")
+    if ids.size and (ids[-1] != num_replicas if tile_m > 1 else ids.size != num_replicas):
+        arguments.fail(fn, ValueError, f"sorted_token_ids do not end with the sentinel {what} = "
+                                  f"{num_replicas}: they were aligned for another number of "
+                                  f"replicas (another top_k or T?)")
 
 
 INT32_MAX = 2**31 - 1
 
 
-def needs_int64_indexing(shape, strides, config: TileConfig) -> bool:
-    """Can an element offset of the weights, ``e*s0 + n*s1 + k*s2`` (strides in elements),
-    pass int32 -- counting the padded part of the last tiles, up to one tile past each edge?
-    Then ``fused_moe_matmul`` launches ``fused_moe_kernel_int64``. DeepSeek-V3's w1
-    (256, 4096, 7168) needs it; Mixtral's (8, 28672, 4096) = 9.4e8 elements does not."""
-    E, N, Kd = shape
-    reach = ((E - 1) * strides[0] + (N - 1 + config.tile_n) * strides[1]
-             + (Kd - 1 + config.tile_k) * strides[2])
-    return reach > INT32_MAX
+def needs_int64_indexing(shape, strides) -> bool:
+    """Does an extent or a stride (in elements) of the weights pass int32? Only then does
+    ``fused_moe_matmul`` launch ``fused_moe_kernel_int64`` (``W: ct.IndexedWithInt64``: shape and
+    strides held in 64 bits): ``ct.launch`` refuses such an array with int32 indexing.
 
+    The *element offset* of a tile may pass 2**31 with int32 indexing: cuTile forms tile and
+    gather addresses in 64 bits. Measured on an H200 (cuda-tile 1.7): tile loads (TMA and not,
+    with and without ``order=``) of the last expert of a (40, 8192, 8192) array, tile stores and
+    row gathers/scatters past element 2**31 of a (532480, 4096) array were all exact, and the
+    int32 kernel gave bit-identical GEMMs on DeepSeek-V3's 7.5e9-element ``w1``, where the int64
+    one was 11% slower (its weight tile is no longer a TMA load)."""
+    return max(*shape, *strides) > INT32_MAX
+
+
+
+def offsets_pass_int32(shape, strides) -> bool:
+    """Can an element offset into an array of ``shape`` (``strides`` in elements) pass 2**31?
+    Information for the large-size tests: with cuTile's 64-bit addresses this alone needs no
+    64-bit indexing (see ``needs_int64_indexing``)."""
+    return sum((n - 1) * st for n, st in zip(shape, strides)) > INT32_MAX
+
+
+def _strides(a):
+    return tuple(st // a.itemsize for st in a.strides)
+
+
+def int64_indexing(a, w, out, *, swiglu: bool = False) -> dict:
+    """The one place that decides 64-bit indexing for an expert GEMM: per array (``"a"``,
+    ``"w"``, ``"out"``), does it need ``ct.IndexedWithInt64`` (``needs_int64_indexing``: an
+    extent or stride past int32)? ``gemm_launch`` launches the ``_int64`` kernel when ``"w"``
+    does; the token-row arrays are reported too, for a kernel variant that would need it."""
+    w_view = w[:, :w.shape[1] // 2] if swiglu else w
+    return {name: needs_int64_indexing(x.shape, _strides(x))
+            for name, x in (("a", a), ("w", w_view), ("out", out))}
 
 def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_weights=None,
                      mul_routed_weight: bool = False, swiglu: bool = False, out=None,
@@ -486,9 +533,12 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
     ``swiglu=True`` (GEMM1 only): ``out[r] = silu(gate) * up`` of width ``N = w.shape[1] // 2``,
     with gate = the first half of ``w``'s rows and up = the second (``fused_moe_swiglu_kernel``).
     ``sorted_token_ids``/``expert_ids`` come from ``routing.align`` with ``tile_m ==
-    config.tile_m``. ``out`` (a.shape[0] * top_k, N), allocated when None; rows of replicas
-    not listed are left untouched. ``validate`` checks the expert ids' range (a host sync on the
-    GPU; ``moe_forward`` passes False). Returns ``out``.
+    config.tile_m``. ``out`` (a.shape[0] * top_k, N), allocated when None (else writable and
+    not overlapping any input); rows of replicas not listed are left untouched. ``validate``
+    (a host sync on the GPU; ``moe_forward`` passes False) checks the values: expert ids in
+    ``[-1, E)``, and ``sorted_token_ids`` as ``align`` makes them for these ``T*K`` replicas
+    (in ``[0, T*K]``, none twice, ending with the sentinel ``T*K``). Without it the ids are
+    trusted: a value out of range is not detected. Returns ``out``.
 
     ``sorted_rows=True`` (notebook 05): ``a`` and ``out`` are in *slot order* -- row ``p``
     belongs to replica ``sorted_token_ids[p]``: ``a`` is ``(S, Kd)`` with ``S =
@@ -497,11 +547,12 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
     ``topk_weights`` must hold one weight per replica (T*K). Rows of slots in blocks without an
     expert are left untouched; ``moe_sum(..., positions=...)`` reads the result back."""
     fn = "fused_moe_matmul"
+    arguments.require_bool(fn, "validate", validate)
     _require_array("a", a, 2, fn)
     _require_array("w", w, 3, fn)
-    _require_array("sorted_token_ids", sorted_token_ids, 1, fn)
-    _require_array("expert_ids", expert_ids, 1, fn)
-    _check_positive_int(fn, "top_k", top_k)
+    _require_array("sorted_token_ids", sorted_token_ids, 1, fn, ("int32",))
+    _require_array("expert_ids", expert_ids, 1, fn, ("int32",))
+    top_k = _check_positive_int(fn, "top_k", top_k)
     _require_same_device(fn, a=a, w=w, sorted_token_ids=sorted_token_ids, expert_ids=expert_ids,
                          topk_weights=topk_weights, out=out)
     for name, x in (("a", a), ("w", w)):
@@ -513,9 +564,6 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
     if a.shape[1] != w.shape[2]:
         raise ValueError(f"{fn}: a has {a.shape[1]} columns but w is (E, N, Kd) with "
                          f"Kd={w.shape[2]}; they must match (w has shape {tuple(w.shape)})")
-    for name, x in (("sorted_token_ids", sorted_token_ids), ("expert_ids", expert_ids)):
-        if _dtype_name(x) != "int32":
-            raise TypeError(f"{fn}: {name} must be int32, got {x.dtype}")
     config = config or TileConfig()
     if not isinstance(config, TileConfig):
         raise TypeError(f"{fn}: config must be a TileConfig, got {type(config).__name__}")
@@ -523,8 +571,7 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
         raise ValueError(f"{fn}: sorted_token_ids has {sorted_token_ids.shape[0]} entries but "
                          f"expert_ids has {expert_ids.shape[0]} blocks of tile_m="
                          f"{config.tile_m}; align() must be called with the same tile_m")
-    if not isinstance(sorted_rows, bool):
-        raise TypeError(f"{fn}: sorted_rows must be a bool, got {sorted_rows!r}")
+    sorted_rows = arguments.require_bool(fn, "sorted_rows", sorted_rows)
     slots = sorted_token_ids.shape[0]
     if sorted_rows and a.shape[0] != slots:
         raise ValueError(f"{fn}: with sorted_rows=True, a must have one row per slot of "
@@ -544,9 +591,9 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
         out = xp.empty((out_rows, N), dtype=a.dtype)
     else:
         _require_array("out", out, 2, fn)
-        if tuple(out.shape) != (out_rows, N) or out.dtype != a.dtype:
-            raise ValueError(f"{fn}: out must be ({out_rows}, {N}) {a.dtype}, got "
-                             f"{tuple(out.shape)} {out.dtype}")
+        arguments.require_out(fn, "out", out, (out_rows, N), a.dtype,
+                         (("a", a), ("w", w), ("sorted_token_ids", sorted_token_ids),
+                          ("expert_ids", expert_ids), ("topk_weights", topk_weights)))
     if mul_routed_weight:
         if topk_weights is None:
             raise ValueError(f"{fn}: mul_routed_weight=True needs topk_weights")
@@ -572,6 +619,11 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
         if top > topk_weights.size:
             raise ValueError(f"{fn}: sorted_token_ids holds id {top} but topk_weights has only "
                              f"{topk_weights.size} entries (one per replica, T*K, expected)")
+        _check_slot_ids(fn, sorted_token_ids, topk_weights.size, config.tile_m, "T*K")
+    elif validate and sorted_rows:
+        arguments.require_values_in(fn, "sorted_token_ids", sorted_token_ids, 0, INT32_MAX)
+    elif validate:
+        _check_slot_ids(fn, sorted_token_ids, out_rows, config.tile_m, "a.shape[0] * top_k")
     if validate and expert_ids.shape[0]:
         e = device.to_numpy(expert_ids)
         bad = (e < -1) | (e >= w.shape[0])
@@ -596,20 +648,17 @@ def gemm_launch(a, w, out, weights, sorted_token_ids, expert_ids, *, top_k: int,
     (``moe_tutorial.tuning``) times exactly these launches."""
     cfg = config
     num_m = expert_ids.shape[0]
+    wide = int64_indexing(a, w, out, swiglu=swiglu)["w"]
     if swiglu:
         I = w.shape[1] // 2
         w_gate, w_up = w[:, :I], w[:, I:]             # views: no copy
-        strides = tuple(st // w.itemsize for st in w_gate.strides)
-        base = fused_moe_swiglu_kernel_int64 \
-            if needs_int64_indexing(w_gate.shape, strides, cfg) else fused_moe_swiglu_kernel
+        base = fused_moe_swiglu_kernel_int64 if wide else fused_moe_swiglu_kernel
         args = (a, w_gate, w_up, out, sorted_token_ids, expert_ids, int(top_k), cfg.tile_m,
                 cfg.tile_n, cfg.tile_k, cfg.group_size_m, cfg.transpose_b, cfg.latency,
                 bool(sorted_rows))
         n = I
     else:
-        strides = tuple(st // w.itemsize for st in w.strides)
-        base = fused_moe_kernel_int64 if needs_int64_indexing(w.shape, strides, cfg) \
-            else fused_moe_kernel
+        base = fused_moe_kernel_int64 if wide else fused_moe_kernel
         if weights is None:
             xp = device.array_module(a)
             weights = xp.empty((1,), dtype=xp.float32)        # never read (and no fill kernel)
@@ -627,48 +676,68 @@ def gemm_launch(a, w, out, weights, sorted_token_ids, expert_ids, *, top_k: int,
 
 
 def moe_sum(y, topk_ids, num_experts: int, *, expert_map=None, positions=None, out=None,
-            tile_t: int = 16, tile_h: int = 128):
+            validate: bool = True, tile_t: int = 16, tile_h: int = 128):
     """``out[t] = sum_k y[t*K + k]`` over the replicas computed on this rank (see
-    ``moe_sum_kernel``). ``y`` (T*K, H), ``topk_ids`` (T, K) int32 (global ids),
-    ``num_experts`` = number of global experts. With ``positions`` ((T*K,) int32 from
-    ``permute_rows``), ``y`` is in slot order (any number of rows) and replica ``r``'s row is
-    ``positions[r]``. Returns ``out`` (T, H) in ``y``'s dtype."""
+    ``moe_sum_kernel``). ``y`` (T*K, H), ``topk_ids`` (T, K) int32 (global ids).
+
+    ``num_experts`` and ``expert_map`` mean what they mean for ``routing.align``:
+    ``num_experts`` is the number of *local* experts (``w1.shape[0]``; without a map, all of
+    them), ``expert_map`` the (E_global,) int32 global -> local id or -1. A replica counts when
+    its local expert is in ``[0, num_experts)``: ids of -1, mapped to -1, or out of range are
+    dropped on the device, exactly as ``align`` drops them (``reference.local_expert_ids``).
+
+    With ``positions`` ((T*K,) int32 from ``permute_rows``), ``y`` is in slot order (any number
+    of rows) and replica ``r``'s row is ``positions[r]``. ``validate`` (a host sync on the GPU;
+    ``moe_forward`` passes its own flag, False by default) refuses ids or map values out of
+    range, and positions of counted replicas outside ``y``. Returns ``out`` (T, H) in ``y``'s
+    dtype, not overlapping the inputs."""
     fn = "moe_sum"
     _require_array("y", y, 2, fn)
     _require_array("topk_ids", topk_ids, 2, fn)
+    num_experts = arguments.require_int(fn, "num_experts", num_experts, lo=1)
+    tile_t = arguments.require_int(fn, "tile_t", tile_t, lo=1)
+    tile_h = arguments.require_int(fn, "tile_h", tile_h, lo=1)
+    validate = arguments.require_bool(fn, "validate", validate)
     _require_same_device(fn, y=y, topk_ids=topk_ids, expert_map=expert_map,
                          positions=positions, out=out)
     T, K = topk_ids.shape
     has_pos = positions is not None
     if has_pos:
-        _require_array("positions", positions, 1, fn)
-        if _dtype_name(positions) != "int32":
-            raise TypeError(f"{fn}: positions must be int32, got {positions.dtype}")
+        _require_array("positions", positions, 1, fn, ("int32",))
         if positions.shape[0] != T * K:
             raise ValueError(f"{fn}: positions must be ({T * K},) (one slot per replica), got "
                              f"{tuple(positions.shape)}")
     elif y.shape[0] != T * K:
         raise ValueError(f"{fn}: y has {y.shape[0]} rows, expected T*K = {T * K}")
-    if _dtype_name(topk_ids) != "int32":
-        raise TypeError(f"{fn}: topk_ids must be int32, got {topk_ids.dtype}")
+    _require_array("topk_ids", topk_ids, 2, fn, ("int32",))
+    has_map = expert_map is not None
+    if has_map:
+        _require_array("expert_map", expert_map, 1, fn, ("int32",))
     xp = device.array_module(y)
     H = y.shape[1]
     if out is None:
         out = xp.empty((T, H), dtype=y.dtype)
-    elif tuple(out.shape) != (T, H) or out.dtype != y.dtype:
-        raise ValueError(f"{fn}: out must be ({T}, {H}) {y.dtype}, got {tuple(out.shape)} "
-                         f"{out.dtype}")
-    has_map = expert_map is not None
-    if has_map and (expert_map.ndim != 1 or _dtype_name(expert_map) != "int32"):
-        raise TypeError(f"{fn}: expert_map must be a 1-D int32 array")
+    else:
+        arguments.require_out(fn, "out", out, (T, H), y.dtype,
+                              (("y", y), ("topk_ids", topk_ids), ("expert_map", expert_map),
+                               ("positions", positions)))
+    if validate:
+        from .routing import check_expert_ids
+        check_expert_ids(fn, topk_ids, num_experts, expert_map)
+        if has_pos:
+            emap = None if expert_map is None else device.to_numpy(expert_map)
+            used = reference.local_expert_ids(device.to_numpy(topk_ids), num_experts,
+                                              emap).reshape(-1) >= 0
+            arguments.require_values_in(fn, "positions", device.to_numpy(positions)[used], 0,
+                                        y.shape[0] - 1, f" (rows of y; counted replicas only)")
     emap = expert_map if has_map else xp.empty((1,), dtype=xp.int32)   # never read
     pos = positions if has_pos else emap                                 # never read
     if T == 0 or H == 0:
         return out
     tile_h = min(tile_h, max(16, 1 << (H - 1).bit_length()))
     grid = (ct.cdiv(T, tile_t), ct.cdiv(H, tile_h))
-    device.launch(grid, moe_sum_kernel, (y, topk_ids, emap, pos, out, int(num_experts),
-                                          int(K), has_map, has_pos, int(tile_t), int(tile_h)))
+    device.launch(grid, moe_sum_kernel, (y, topk_ids, emap, pos, out, num_experts,
+                                          int(K), has_map, has_pos, tile_t, tile_h))
     return out
 
 
@@ -682,7 +751,8 @@ def permute_tile_h(tile_m: int, hidden: int) -> int:
     return min(want, max(16, 1 << (hidden - 1).bit_length()))
 
 
-def permute_rows(x, sorted_token_ids, expert_ids, top_k: int, *, out=None, positions=None):
+def permute_rows(x, sorted_token_ids, expert_ids, top_k: int, *, out=None, positions=None,
+                 validate: bool = True):
     """The token rows in *slot order*, for ``fused_moe_matmul(..., sorted_rows=True)``:
     ``out[p] = x[sorted_token_ids[p] // top_k]`` for every slot that holds a replica, and
     ``positions[r] = p``, the slot of every replica ``r`` that was placed (the others' entries
@@ -690,20 +760,20 @@ def permute_rows(x, sorted_token_ids, expert_ids, top_k: int, *, out=None, posit
     blocks without an expert (``expert_ids == -1``) are not written: the GEMMs compute padding
     rows from whatever they hold, and nothing reads those rows. ``x`` (T, H); ``out`` (S, H) with ``S =
     len(sorted_token_ids)``, ``positions`` (T*K,) int32; both allocated when None.
-    Returns ``(out, positions)``.
+    Returns ``(out, positions)``. ``validate`` (a host sync on the GPU; ``moe_forward`` passes
+    its own flag, False by default) checks that ``sorted_token_ids`` are ``align``'s output for
+    ``T*top_k`` replicas (ids in ``[0, T*top_k]``, none twice, ending with the sentinel).
 
     Why: the GEMMs can then load A as rectangular tiles (TMA) instead of gathering rows, at
     the cost of one copy of the rows (see notebook 05)."""
     fn = "permute_rows"
     _require_array("x", x, 2, fn)
-    _require_array("sorted_token_ids", sorted_token_ids, 1, fn)
-    _require_array("expert_ids", expert_ids, 1, fn)
-    _check_positive_int(fn, "top_k", top_k)
+    _require_array("sorted_token_ids", sorted_token_ids, 1, fn, ("int32",))
+    _require_array("expert_ids", expert_ids, 1, fn, ("int32",))
+    top_k = _check_positive_int(fn, "top_k", top_k)
+    validate = arguments.require_bool(fn, "validate", validate)
     _require_same_device(fn, x=x, sorted_token_ids=sorted_token_ids, expert_ids=expert_ids,
                          out=out, positions=positions)
-    for name, v in (("sorted_token_ids", sorted_token_ids), ("expert_ids", expert_ids)):
-        if _dtype_name(v) != "int32":
-            raise TypeError(f"{fn}: {name} must be int32, got {v.dtype}")
     slots, num_m = sorted_token_ids.shape[0], expert_ids.shape[0]
     if num_m == 0 or slots % num_m or (slots // num_m) & (slots // num_m - 1):
         raise ValueError(f"{fn}: sorted_token_ids ({slots}) must hold a power-of-two number of "
@@ -712,19 +782,21 @@ def permute_rows(x, sorted_token_ids, expert_ids, top_k: int, *, out=None, posit
     xp = device.array_module(x)
     T, H = x.shape
     R = T * int(top_k)
+    reads = (("x", x), ("sorted_token_ids", sorted_token_ids), ("expert_ids", expert_ids))
     if out is None:
         out = xp.empty((slots, H), dtype=x.dtype)
-    elif tuple(out.shape) != (slots, H) or out.dtype != x.dtype:
-        raise ValueError(f"{fn}: out must be ({slots}, {H}) {x.dtype}, got "
-                         f"{tuple(out.shape)} {out.dtype}")
+    else:
+        arguments.require_out(fn, "out", out, (slots, H), x.dtype, reads)
     if positions is None:
         positions = xp.empty((R,), dtype=xp.int32)
     else:
-        _require_array("positions", positions, 1, fn)
-        if _dtype_name(positions) != "int32":
-            raise TypeError(f"{fn}: positions must be int32, got {positions.dtype}")
+        _require_array("positions", positions, 1, fn, ("int32",))
         if positions.shape[0] != R:
             raise ValueError(f"{fn}: positions must be ({R},), got {tuple(positions.shape)}")
+        arguments.require_out(fn, "positions", positions, (R,), np.int32, reads,
+                              also=(("out", out),))
+    if validate:
+        _check_slot_ids(fn, sorted_token_ids, R, tile_m, "T*top_k")
     if R == 0 or H == 0:
         return out, positions
     tile_h = permute_tile_h(tile_m, H)

@@ -34,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import activation, device, reference, routing, tuning
+from . import activation, arguments, device, reference, routing, tuning
 from .fused_moe import (LayerConfig, TileConfig, default_tile_config, fused_moe_matmul, moe_sum,
                         permute_rows)
 
@@ -58,21 +58,15 @@ class LayerPlan:
 
 
 def _fail(exc, msg):
-    raise exc(f"moe_forward: {msg}")
+    arguments.fail("moe_forward", exc, msg)
 
 
 def _check_array(name, a, ndim):
-    if not hasattr(a, "shape") or not hasattr(a, "dtype"):
-        _fail(TypeError, f"{name} must be a NumPy or CuPy array, got {type(a).__name__}")
-    if a.ndim != ndim:
-        _fail(ValueError, f"{name} must be {ndim}-D, got shape {tuple(a.shape)}")
+    arguments.require_array("moe_forward", name, a, ndim)
 
 
 def _check_int(name, v, lo=1):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        _fail(TypeError, f"{name} must be an int, got {type(v).__name__}")
-    if v < lo:
-        _fail(ValueError, f"{name} must be >= {lo}, got {v}")
+    return arguments.require_int("moe_forward", name, v, lo=lo)
 
 
 def _validate(hidden_states, w1, w2, router_logits, top_k, topk_weights, topk_ids,
@@ -194,6 +188,7 @@ def plan_layer(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize:
                                      e_score_correction_bias, expert_map, config)
     if not isinstance(fused_swiglu, bool):
         _fail(TypeError, f"fused_swiglu must be a bool, got {fused_swiglu!r}")
+    arguments.require_bool("moe_forward", "validate", validate)
     xp = device.array_module(hidden_states)
     dtype = hidden_states.dtype
     K = int(top_k)
@@ -241,7 +236,7 @@ def plan_layer(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize:
 
     def permute():
         permute_rows(hidden_states, b["sorted_token_ids"], b["expert_ids"], K,
-                     out=b["a_sorted"], positions=b["positions"])
+                     out=b["a_sorted"], positions=b["positions"], validate=validate)
 
     def gemm1():
         fused_moe_matmul(a1, w1, b["sorted_token_ids"], b["expert_ids"], top_k=K,
@@ -261,8 +256,8 @@ def plan_layer(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize:
                          out=b["cache3"], config=cfg.gemm2, sorted_rows=srt, validate=False)
 
     def combine():
-        moe_sum(b["cache3"], b["topk_ids"], E_global, expert_map=expert_map,
-                positions=b.get("positions"), out=b["out"])
+        moe_sum(b["cache3"], b["topk_ids"], E, expert_map=expert_map,
+                positions=b.get("positions"), out=b["out"], validate=validate)
 
     if fused_swiglu:
         middle = [(FUSED_STEP, gemm1_swiglu)]
@@ -305,15 +300,19 @@ def moe_forward(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize
         use_grouped_topk, n_group, topk_group, e_score_correction_bias,
         routed_scaling_factor: the DeepSeek-V3 router (sigmoid, bias for the choice, groups);
             routed_scaling_factor also scales softmax routing weights.
-        expert_map: (E_global,) int32 global -> local expert id, -1 when on another rank; the
-            result is then this rank's partial sum (other ranks' experts contribute 0).
+        expert_map: (E_global,) int32 global -> local expert id in ``[0, E)``, -1 when on
+            another rank; the result is then this rank's partial sum (other ranks' experts
+            contribute 0). One rule everywhere (align, the GEMMs, the top-k sum; see
+            ``reference.local_expert_ids``): a replica is computed iff its id is in
+            ``[0, E_global)`` and maps to a local expert in ``[0, E)``; any other id or map
+            value drops the replica like -1 -- or, with ``validate=True``, is refused.
         config: tile sizes (and compiler hints) of the two GEMMs: a ``TileConfig`` for both or
             a ``LayerConfig`` per GEMM; default (None): this GPU's tuned table
             (``moe_tutorial.tuning``), else ``fused_moe.default_tile_config``.
         fused_swiglu: GEMM1 computes ``silu(gate) * up`` in its epilogue (one kernel instead
             of GEMM1 + ``silu_and_mul``; the ``(T*K, 2I)`` intermediate is never written).
-        validate: also check values -- NaN logits, topk_ids and expert_map in range (the
-            routing module's checks; a host sync on the GPU, so off by default).
+        validate: also check values -- NaN logits, topk_ids and expert_map in range, the
+            alignment consistent (host syncs on the GPU, so off by default).
 
     No host synchronization by default: shapes and dtypes are checked on the host, values are
     not (the kernels drop ids they cannot place instead of reading out of bounds).
@@ -377,7 +376,7 @@ def moe_forward_aligned(hidden_states, w1, w2, topk_weights, topk_ids, sorted_to
     cache3 = fused_moe_matmul(cache2, w2, sorted_token_ids, expert_ids, top_k=1,
                               topk_weights=topk_weights, mul_routed_weight=True, config=cfg,
                               validate=False)
-    return moe_sum(cache3, topk_ids, w1.shape[0])
+    return moe_sum(cache3, topk_ids, w1.shape[0], validate=False)
 
 
 def moe_forward_host_aligned(hidden_states, w1, w2, topk_weights, topk_ids, *,

@@ -33,14 +33,17 @@ def _topk_desc(xp, scores, k):
 
 
 def topk_softmax(router_logits, top_k: int, *, renormalize: bool = False):
-    """Softmax over experts, then the ``top_k`` largest probabilities.
+    """Softmax over experts, then the ``top_k`` largest probabilities; ties go to the lower
+    expert id. The experts are chosen on the logits themselves (softmax is monotonic, and two
+    logits far below the maximum can round to the same probability), as the kernel does.
 
     Returns ``(weights float64 (T, K), ids int32 (T, K))``, ids sorted by descending weight."""
     xp = device.array_module(router_logits)
     logits = _f64(xp, router_logits)
-    p = xp.exp(logits - logits.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    ids = _topk_desc(xp, p, top_k)
+    ids = _topk_desc(xp, logits, top_k)
+    with np.errstate(invalid="ignore"):
+        p = xp.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
     weights = xp.take_along_axis(p, ids, axis=1)
     if renormalize:
         weights = weights / weights.sum(axis=1, keepdims=True)
@@ -49,7 +52,7 @@ def topk_softmax(router_logits, top_k: int, *, renormalize: bool = False):
 
 def grouped_topk(router_logits, top_k: int, *, n_group: int, topk_group: int,
                  e_score_correction_bias=None, routed_scaling_factor: float = 1.0,
-                 renormalize: bool = True):
+                 renormalize: bool = True, return_scores: bool = False):
     """DeepSeek-V3 routing (vLLM's ``grouped_topk`` with ``scoring_func="sigmoid"``).
 
     1. scores = sigmoid(logits); the *choice* uses scores + e_score_correction_bias.
@@ -58,13 +61,17 @@ def grouped_topk(router_logits, top_k: int, *, n_group: int, topk_group: int,
     3. Only experts in the ``topk_group`` best groups stay eligible; pick ``top_k`` of them.
     4. Weights are the *unbiased* scores of the chosen experts, renormalized if asked, times
        ``routed_scaling_factor``.
+    Ties go to the lower group / expert id. Returns ``(weights float64, ids int32)``; with
+    ``return_scores=True`` also ``(biased scores (T, E), group scores (T, n_group), kept-group
+    mask (T, E))`` so tests can see how close each decision was.
     """
     xp = device.array_module(router_logits)
     logits = _f64(xp, router_logits)
     T, E = logits.shape
     if E % n_group:
         raise ValueError(f"grouped_topk: num_experts={E} is not divisible by n_group={n_group}")
-    scores = 1.0 / (1.0 + xp.exp(-logits))
+    with np.errstate(over="ignore"):
+        scores = 1.0 / (1.0 + xp.exp(-logits))
     choice = scores if e_score_correction_bias is None else \
         scores + _f64(xp, e_score_correction_bias)[None, :]
     grouped = choice.reshape(T, n_group, E // n_group)
@@ -80,7 +87,26 @@ def grouped_topk(router_logits, top_k: int, *, n_group: int, topk_group: int,
     weights = xp.take_along_axis(scores, ids, axis=1)
     if renormalize:
         weights = weights / weights.sum(axis=1, keepdims=True)
-    return weights * routed_scaling_factor, ids.astype(xp.int32)
+    out = (weights * routed_scaling_factor, ids.astype(xp.int32))
+    return out + ((choice, group_scores, eligible),) if return_scores else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Which expert computes a replica (the one meaning of expert_map, for every kernel)
+# ---------------------------------------------------------------------------------------------
+
+def local_expert_ids(topk_ids, num_experts: int, expert_map=None):
+    """The local expert of every replica, -1 where it is dropped: an id outside ``[0,
+    len(expert_map))`` (``[0, num_experts)`` without a map), or mapped to a value outside ``[0,
+    num_experts)`` (-1: another rank's expert). ``align``, ``moe_sum`` and hence the GEMMs
+    treat the routing exactly this way. Returns int64 of ``topk_ids``' shape and device."""
+    xp = device.array_module(topk_ids)
+    ids = xp.asarray(topk_ids).astype(xp.int64)
+    if expert_map is not None:
+        emap = xp.asarray(expert_map).astype(xp.int64)
+        inside = (ids >= 0) & (ids < emap.shape[0])
+        ids = xp.where(inside, emap[xp.where(inside, ids, 0)], -1)
+    return xp.where((ids >= 0) & (ids < num_experts), ids, -1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,27 +115,25 @@ def grouped_topk(router_logits, top_k: int, *, n_group: int, topk_group: int,
 
 def align(topk_ids, num_experts: int, tile_m: int, *, expert_map=None):
     """Group token replicas ``t*K + k`` by (local) expert, pad each group to a multiple of
-    ``tile_m`` with the sentinel ``T*K``.
+    ``tile_m`` with the sentinel ``T*K`` -- a loop over experts, as in cuTile's samples/MoE.py.
 
-    Returns ``(sorted_token_ids, expert_ids, num_tokens_post_padded)`` with the same worst-case
-    sizes as ``routing.align``: ``len(sorted_token_ids) = round_up(T*K + E*(tile_m-1), tile_m)``
-    where E is the number of local experts; ``expert_ids`` has one entry per ``tile_m`` block,
-    -1 past the used part. Replicas whose id is -1, or maps to -1 through ``expert_map``, are
-    dropped."""
-    ids = np.asarray(device.to_numpy(topk_ids)).astype(np.int64)
+    Returns ``(sorted_token_ids, expert_ids, num_tokens_post_padded)`` (int32 NumPy) with the
+    same worst-case sizes as ``routing.align``: ``len(sorted_token_ids) = round_up(T*K +
+    E*(tile_m-1), tile_m)`` where E is the number of local experts; ``expert_ids`` has one entry
+    per ``tile_m`` block, -1 past the used part. Dropped replicas (see ``local_expert_ids``)
+    are not listed."""
+    ids = np.asarray(device.to_numpy(topk_ids))
+    if ids.ndim != 2:
+        raise ValueError(f"align: topk_ids must have shape (T, K), got {ids.shape}")
     T, K = ids.shape
-    flat = ids.reshape(-1)
-    local = np.where(flat >= 0, flat, -1)
-    if expert_map is not None:
-        emap = np.asarray(device.to_numpy(expert_map)).astype(np.int64)
-        local = np.where(flat >= 0, emap[np.clip(flat, 0, len(emap) - 1)], -1)
-    n_local = num_experts
-    size = -(-(T * K + n_local * (tile_m - 1)) // tile_m) * tile_m
+    emap = None if expert_map is None else device.to_numpy(expert_map)
+    local = local_expert_ids(ids, num_experts, emap).reshape(-1)
+    size = -(-(T * K + num_experts * (tile_m - 1)) // tile_m) * tile_m
     sorted_ids = np.full(size, T * K, dtype=np.int32)
     expert_ids = np.full(size // tile_m, -1, dtype=np.int32)
     pos = 0
-    for e in range(n_local):
-        replicas = np.flatnonzero(local == e)
+    for e in range(num_experts):
+        replicas = np.flatnonzero(local == e)          # ascending: stable inside the expert
         if len(replicas) == 0:
             continue
         sorted_ids[pos:pos + len(replicas)] = replicas
@@ -124,12 +148,13 @@ def align(topk_ids, num_experts: int, tile_m: int, *, expert_map=None):
 # ---------------------------------------------------------------------------------------------
 
 def silu_and_mul(x):
-    """(M, 2I) -> (M, I): silu(gate) * up, gate = first half (float64)."""
+    """(M, 2I) -> (M, I): silu(gate) * up, gate = first half (float64, on ``x``'s device)."""
     xp = device.array_module(x)
     x = _f64(xp, x)
-    i = x.shape[1] // 2
-    g, u = x[:, :i], x[:, i:]
-    return g / (1.0 + xp.exp(-g)) * u
+    i = x.shape[-1] // 2
+    g, u = x[..., :i], x[..., i:]
+    with np.errstate(over="ignore", invalid="ignore"):
+        return g / (1.0 + xp.exp(-g)) * u
 
 
 def grouped_matmul(a, w, topk_ids, *, row_divisor: int, topk_weights=None, expert_map=None):
@@ -137,14 +162,12 @@ def grouped_matmul(a, w, topk_ids, *, row_divisor: int, topk_weights=None, exper
 
     Row ``r = t*K + k`` of the result is ``a[r // row_divisor] @ w[e].T`` (times
     ``topk_weights[t, k]`` if given) where ``e`` is the local expert of replica ``r``. Rows of
-    dropped replicas (id -1 or not on this rank) are NaN: the kernel must not write them.
+    dropped replicas (see ``local_expert_ids``) are NaN: the kernel must not write them.
     Returns float64 (T*K, N)."""
     a = _f64(np, device.to_numpy(a))
-    ids = np.asarray(device.to_numpy(topk_ids)).astype(np.int64).reshape(-1)
-    if expert_map is not None:
-        emap = np.asarray(device.to_numpy(expert_map)).astype(np.int64)
-        ids = np.where(ids >= 0, emap[np.clip(ids, 0, None)], -1)
     w_host = device.to_numpy(w)
+    emap = None if expert_map is None else device.to_numpy(expert_map)
+    ids = local_expert_ids(device.to_numpy(topk_ids), w_host.shape[0], emap).reshape(-1)
     out = np.full((ids.shape[0], w_host.shape[1]), np.nan)
     for e in np.unique(ids[ids >= 0]):
         rows = np.flatnonzero(ids == e)
@@ -174,7 +197,8 @@ def moe_forward(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize
 
     ``w1 (E, 2I, H)`` holds gate rows then up rows; ``w2 (E, H, I)``. With ``expert_map``
     (global id -> local id or -1) the layer is this rank's share: replicas routed to other
-    ranks contribute zero. Returns ``(T, H)`` float64 on the device of ``hidden_states``."""
+    ranks contribute zero (dropped replicas: see ``local_expert_ids``). Returns ``(T, H)``
+    float64 on the device of ``hidden_states``."""
     xp = device.array_module(hidden_states)
     x = _f64(xp, hidden_states)
     if topk_ids is None:
@@ -184,10 +208,8 @@ def moe_forward(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize
                                        e_score_correction_bias=e_score_correction_bias,
                                        routed_scaling_factor=routed_scaling_factor)
     weights = _f64(xp, topk_weights)
-    ids = xp.asarray(topk_ids).astype(xp.int64)
-    if expert_map is not None:
-        emap = xp.asarray(expert_map).astype(xp.int64)
-        ids = xp.where(ids >= 0, emap[xp.clip(ids, 0, None)], -1)
+    ids = local_expert_ids(xp.asarray(topk_ids), w1.shape[0],
+                           None if expert_map is None else xp.asarray(expert_map))
     T, K = ids.shape
     out = xp.zeros((T, w2.shape[1]), dtype=xp.float64)
     flat_ids = ids.reshape(-1)

@@ -34,46 +34,55 @@ Because a replica's slot depends only on counts (never on which block ran first)
 deterministic and stable: inside an expert, replicas appear in ascending index order.
 
 Every function accepts and returns CuPy arrays on the GPU and NumPy arrays on the CPU (the
-emulator); ``*_reference`` functions are the float64 NumPy ground truth.
+emulator). The float64 ground truth lives in ``moe_tutorial.reference`` (``*_reference`` here
+are the same functions under the names the notebooks use). Outputs can be passed in
+(``out=``, ``workspace=``), e.g. buffers filled with NaN by a test; ``AlignSettings`` holds
+how ``align`` splits its work.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import cuda.tile as ct
 import numpy as np
 
+from . import arguments as args
 from . import compile as _compile
-from .device import array_module, launch, to_numpy
+from . import reference
+from .device import array_module, launch
 
 ConstInt = ct.Constant[int]
 ConstBool = ct.Constant[bool]
 
 INT32_MAX = 2**31 - 1
-# Tuning constants (the benchmark's --sweep times alternatives; tests shrink them).
 ROUTER_TILE_ELEMS = 4096      # router: a block's (TILE_T, E_PAD) tile holds about this many
-# Alignment splits the T*K replicas into chunks, one per block of the count / scatter kernels:
-ALIGN_TARGET_CHUNKS = 256     # about this many chunks (~2 per SM on an H100) ...
-ALIGN_MIN_CHUNK = 64          # ... of at least this many replicas (H100: 64 made align 2.3x faster
-                              # at E=1408, T*K=1536 and 1.6x at E=256, T*K=16k than 128; same at E=128)
-ALIGN_MAX_TABLE = 65536       # chunks x padded experts: the count table
-ALIGN_COUNT_ELEMS = 16384     # count kernel: (rows, E_PAD) one-hot tiles of about this size
-ALIGN_PAIR_ELEMS = 4096       # scatter kernel: (rows, CHUNK) comparison tiles of about this size
-ALIGN_SCAN_ELEMS = 4096       # offsets kernel: a block scans a (chunks, cols) tile this big
-ALIGN_BLOCKS_PER_TILE = 16    # scatter kernel: TILE_M blocks handled by one block for expert_ids
-# Debugging aid (the tests turn it on): fill every output and scratch buffer with NaN / a
-# sentinel before the kernels run, so an element no kernel writes cannot look right by chance.
-# Off by default: the kernels write every element, and a fill costs a launch on the GPU.
-POISON_OUTPUTS = False
-INT_POISON = -123456789
+MAX_EXPERTS = 4096            # align: every block works on all experts at once (E_PAD tiles)
 
 
-def _empty(xp, shape, dtype):
-    if not POISON_OUTPUTS:
-        return xp.empty(shape, dtype=dtype)
-    return xp.full(shape, np.nan if np.dtype(dtype).kind == "f" else INT_POISON, dtype=dtype)
+@dataclass(frozen=True)
+class AlignSettings:
+    """How ``align`` splits its work (speed only: every setting gives the same result). The
+    T*K replicas are cut into chunks, one per block of the count / scatter kernels; the tests
+    pass tiny values to exercise many chunks, the benchmark's --sweep times alternatives."""
+    target_chunks: int = 256   # about this many chunks (~2 per SM on an H100) ...
+    min_chunk: int = 64        # ... of at least this many replicas (H100: 64 made align 2.3x
+                               # faster at E=1408, T*K=1536 and 1.6x at E=256, T*K=16k than 128)
+    max_table: int = 65536     # chunks x padded experts: the count table
+    count_elems: int = 16384   # count kernel: (rows, E_PAD) one-hot tiles of about this size
+    pair_elems: int = 4096     # scatter kernel: (rows, CHUNK) comparison tiles of about this size
+    scan_elems: int = 4096     # offsets kernel: a block scans a (chunks, cols) tile this big
+    blocks_per_tile: int = 16  # scatter kernel: TILE_M blocks handled by one block for expert_ids
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            args.require_int("AlignSettings", f.name, getattr(self, f.name), lo=1)
+
+
+ALIGN_SETTINGS = AlignSettings()   # the defaults align() uses
 
 
 def next_power_of_2(n: int) -> int:
@@ -323,33 +332,44 @@ def align_scatter_kernel(flat_ids, expert_map, table,
 # --------------------------------------------------------------------------------------------
 # Host wrappers
 # --------------------------------------------------------------------------------------------
-_FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
+_ROUTER_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-def _check_logits(logits, k, validate):
+def _check_logits(fn, logits, k, validate):
     """Checks ``logits`` and ``k``; returns ``(xp, k)``."""
-    if not hasattr(logits, "shape") or not hasattr(logits, "dtype"):
-        raise TypeError(f"logits must be a NumPy or CuPy array, got {type(logits).__name__}")
+    args.require_array(fn, "logits", logits)
     if logits.ndim != 2:
-        raise ValueError(f"logits must have shape (T, E), got shape {tuple(logits.shape)}")
-    if logits.dtype.name not in _FLOAT_NAMES:
-        raise TypeError(f"logits must be a floating-point array ({', '.join(_FLOAT_NAMES)}), "
-                        f"got dtype {logits.dtype}")
+        args.fail(fn, ValueError, f"logits must have shape (T, E), got shape "
+                                  f"{tuple(logits.shape)}")
+    if logits.dtype.name not in _ROUTER_DTYPES:
+        args.fail(fn, TypeError, f"logits must be a floating-point array "
+                                 f"({', '.join(_ROUTER_DTYPES)}), got dtype {logits.dtype}")
     num_experts = logits.shape[1]
     if num_experts < 1:
-        raise ValueError("logits must have at least one expert column (E >= 1)")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
+        args.fail(fn, ValueError, "logits must have at least one expert column (E >= 1)")
+    k = args.require_int(fn, "k", k)
     if not 1 <= k <= num_experts:
-        raise ValueError(f"k must be in [1, E={num_experts}], got k={k}")
+        args.fail(fn, ValueError, f"k must be in [1, E={num_experts}], got k={k}")
     xp = array_module(logits)
     if validate and logits.size and bool(xp.isnan(logits).any()):
-        raise ValueError("logits contains NaN")
-    return xp, int(k)
+        args.fail(fn, ValueError, "logits contains NaN")
+    return xp, k
 
 
-def _router_outputs(xp, num_tokens, k):
-    return _empty(xp, (num_tokens, k), np.float32), _empty(xp, (num_tokens, k), np.int32)
+def _router_outputs(fn, xp, logits, k, out, bias=None):
+    """``(weights, ids)``: ``out`` checked, or two new arrays."""
+    t = logits.shape[0]
+    if out is None:
+        return xp.empty((t, k), dtype=xp.float32), xp.empty((t, k), dtype=xp.int32)
+    if not isinstance(out, tuple) or len(out) != 2:
+        args.fail(fn, TypeError, "out must be a tuple (weights, ids) of arrays")
+    weights, ids = out
+    args.require_same_device(fn, logits=logits, weights=weights, ids=ids)
+    reads = (("logits", logits), ("e_score_correction_bias", bias))
+    args.require_out(fn, "out[0] (weights)", weights, (t, k), np.float32, reads)
+    args.require_out(fn, "out[1] (ids)", ids, (t, k), np.int32, reads,
+                     also=(("out[0] (weights)", weights),))
+    return weights, ids
 
 
 @functools.lru_cache(maxsize=256)
@@ -365,7 +385,7 @@ def _token_tile(num_tokens: int, width: int) -> int:
     return _router_grid(num_tokens, width, ROUTER_TILE_ELEMS)[0]
 
 
-def topk_softmax(logits, k, *, renormalize=False, validate=True):
+def topk_softmax(logits, k, *, renormalize=False, validate=True, out=None):
     """Softmax over the experts, then the ``k`` largest, ties to the lower expert id.
 
     Args:
@@ -373,25 +393,27 @@ def topk_softmax(logits, k, *, renormalize=False, validate=True):
         k: experts per token, ``1 <= k <= E``.
         renormalize: divide the chosen weights by their sum (so they sum to 1).
         validate: reject NaN logits (a host sync on the GPU).
+        out: optional ``(weights, ids)``, float32 and int32 arrays of shape (T, k) to write
+            (not overlapping ``logits``); allocated when None.
 
     Returns:
         ``(weights, ids)``: float32 (T, k) softmax probabilities of the chosen experts, in
         decreasing order, and their int32 (T, k) expert ids.
     """
-    xp, k = _check_logits(logits, k, validate)
+    xp, k = _check_logits("topk_softmax", logits, k, validate)
     num_tokens, num_experts = logits.shape
-    weights, ids = _router_outputs(xp, num_tokens, k)
+    weights, ids = _router_outputs("topk_softmax", xp, logits, k, out)
     if num_tokens == 0:
         return weights, ids
     e_pad = next_power_of_2(num_experts)
     tile_t, blocks = _router_grid(num_tokens, e_pad, ROUTER_TILE_ELEMS)
     launch((blocks,), topk_softmax_kernel,
-            (logits, weights, ids, k, bool(renormalize), tile_t, e_pad, next_power_of_2(k)))
+           (logits, weights, ids, k, bool(renormalize), tile_t, e_pad, next_power_of_2(k)))
     return weights, ids
 
 
 def grouped_topk(logits, k, *, n_group, topk_group, e_score_correction_bias=None,
-                 routed_scaling_factor=1.0, renormalize=True, validate=True):
+                 routed_scaling_factor=1.0, renormalize=True, validate=True, out=None):
     """DeepSeek-V3 routing (vLLM's ``grouped_topk`` with ``scoring_func="sigmoid"``).
 
     ``score = sigmoid(logits)``; experts are split into ``n_group`` equal groups of consecutive
@@ -399,19 +421,24 @@ def grouped_topk(logits, k, *, n_group, topk_group, e_score_correction_bias=None
     best ``score`` when there is no bias); the ``topk_group`` best groups are kept and the ``k``
     best experts inside them chosen by ``score + bias``. Weights are the unbiased scores,
     renormalized to sum to 1 (``renormalize``), then multiplied by ``routed_scaling_factor``.
-    Ties go to the lower group / expert id.
+    Ties go to the lower group / expert id. ``out``: as in :func:`topk_softmax`.
 
     Returns:
         ``(weights, ids)``: float32 and int32 arrays of shape (T, k), in decreasing biased score.
     """
-    xp, k = _check_logits(logits, k, validate)
+    fn = "grouped_topk"
+    xp, k = _check_logits(fn, logits, k, validate)
     num_tokens, num_experts = logits.shape
     n_group, topk_group, group_size = _check_groups(num_experts, k, n_group, topk_group,
                                                     e_score_correction_bias is not None)
     bias = e_score_correction_bias
     if bias is not None:
         _check_bias(bias, logits, num_experts, validate)
-    weights, ids = _router_outputs(xp, num_tokens, k)
+    if isinstance(routed_scaling_factor, bool) or \
+            not isinstance(routed_scaling_factor, (int, float, np.integer, np.floating)):
+        args.fail(fn, TypeError, f"routed_scaling_factor must be a number, got "
+                                 f"{routed_scaling_factor!r}")
+    weights, ids = _router_outputs(fn, xp, logits, k, out, bias)
     if num_tokens == 0:
         return weights, ids
     g_pad, s_pad = next_power_of_2(n_group), next_power_of_2(group_size)
@@ -420,40 +447,45 @@ def grouped_topk(logits, k, *, n_group, topk_group, e_score_correction_bias=None
     if not has_bias:
         bias = xp.zeros((1,), dtype=xp.float32)       # never read
     launch((blocks,), grouped_topk_kernel,
-            (logits, bias, weights, ids, float(routed_scaling_factor), k, n_group, group_size,
-             topk_group, has_bias, bool(renormalize), tile_t, g_pad, s_pad, next_power_of_2(k)))
+           (logits, bias, weights, ids, float(routed_scaling_factor), k, n_group, group_size,
+            topk_group, has_bias, bool(renormalize), tile_t, g_pad, s_pad, next_power_of_2(k)))
     return weights, ids
 
 
 def _check_groups(num_experts, k, n_group, topk_group, has_bias):
-    for name, v in (("n_group", n_group), ("topk_group", topk_group)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    fn = "grouped_topk"
+    n_group = args.require_int(fn, "n_group", n_group)
+    topk_group = args.require_int(fn, "topk_group", topk_group)
     if n_group < 1 or num_experts % n_group:
-        raise ValueError(f"n_group={n_group} must be >= 1 and divide the number of experts "
-                         f"E={num_experts}")
+        args.fail(fn, ValueError, f"n_group={n_group} must be >= 1 and divide the number of "
+                                  f"experts E={num_experts}")
     if not 1 <= topk_group <= n_group:
-        raise ValueError(f"topk_group must be in [1, n_group={n_group}], got {topk_group}")
+        args.fail(fn, ValueError, f"topk_group must be in [1, n_group={n_group}], got "
+                                  f"{topk_group}")
     group_size = num_experts // n_group
     if k > topk_group * group_size:
-        raise ValueError(f"k={k} is more than the {topk_group * group_size} experts in the "
-                         f"topk_group={topk_group} kept groups of {group_size}")
+        args.fail(fn, ValueError, f"k={k} is more than the {topk_group * group_size} experts in "
+                                  f"the topk_group={topk_group} kept groups of {group_size}")
     if has_bias and group_size < 2:
-        raise ValueError("with e_score_correction_bias a group's score is the sum of its two "
-                         f"best experts, so groups need >= 2 experts (E/n_group={group_size})")
-    return int(n_group), int(topk_group), int(group_size)
+        args.fail(fn, ValueError, "with e_score_correction_bias a group's score is the sum of "
+                                  "its two best experts, so groups need >= 2 experts "
+                                  f"(E/n_group={group_size})")
+    return n_group, topk_group, group_size
 
 
 def _check_bias(bias, logits, num_experts, validate):
-    if not hasattr(bias, "dtype") or array_module(bias) is not array_module(logits):
-        raise TypeError("e_score_correction_bias must be an array on the same device as logits")
+    fn = "grouped_topk"
+    if not args.is_array(bias) or array_module(bias) is not array_module(logits):
+        args.fail(fn, TypeError, "e_score_correction_bias must be an array on the same device "
+                                 "as logits")
     if tuple(bias.shape) != (num_experts,):
-        raise ValueError(f"e_score_correction_bias must have shape (E,)=({num_experts},), "
-                         f"got {tuple(bias.shape)}")
-    if bias.dtype.name not in _FLOAT_NAMES:
-        raise TypeError(f"e_score_correction_bias must be floating point, got {bias.dtype}")
+        args.fail(fn, ValueError, f"e_score_correction_bias must have shape (E,)="
+                                  f"({num_experts},), got {tuple(bias.shape)}")
+    if bias.dtype.name not in _ROUTER_DTYPES:
+        args.fail(fn, TypeError, f"e_score_correction_bias must be floating point, got "
+                                 f"{bias.dtype}")
     if validate and not bool(array_module(bias).isfinite(bias).all()):
-        raise ValueError("e_score_correction_bias must be finite")
+        args.fail(fn, ValueError, "e_score_correction_bias must be finite")
 
 
 def max_padded_size(num_replicas: int, num_experts: int, tile_m: int) -> int:
@@ -483,31 +515,28 @@ class AlignLayout(NamedTuple):
 _WORKSPACE_ALIGN = 64     # int32 elements (256 bytes) between the workspace's parts
 
 
-def _align_knobs():
-    return (ALIGN_TARGET_CHUNKS, ALIGN_MIN_CHUNK, ALIGN_COUNT_ELEMS, ALIGN_PAIR_ELEMS,
-            ALIGN_MAX_TABLE, ALIGN_BLOCKS_PER_TILE, ALIGN_SCAN_ELEMS)
-
-
 @functools.lru_cache(maxsize=256)
-def _align_layout(num_replicas: int, num_experts: int, tile_m: int, knobs) -> AlignLayout:
-    target_chunks, min_chunk, count_elems, pair_elems, max_table, blocks_per_tile, \
-        scan_elems = knobs
-    if num_experts < 1:
-        raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+def _align_layout(num_replicas: int, num_experts: int, tile_m: int,
+                  settings: AlignSettings) -> AlignLayout:
+    s = settings
+    if not 1 <= num_experts <= MAX_EXPERTS:
+        raise ValueError(f"align: num_experts must be in [1, {MAX_EXPERTS}] (every block of the "
+                         f"kernels works on all experts at once), got {num_experts}")
     if tile_m < 1 or tile_m & (tile_m - 1) or tile_m > 1024:
-        raise ValueError(f"tile_m must be a power of two <= 1024, got {tile_m}")
+        raise ValueError(f"align: tile_m must be a power of two <= 1024, got {tile_m}")
     n = max(num_replicas, 1)
     e_pad = next_power_of_2(num_experts)
-    chunk = next_power_of_2(max(-(-n // target_chunks), -(-n * e_pad // max_table), min_chunk))
+    chunk = next_power_of_2(max(-(-n // s.target_chunks), -(-n * e_pad // s.max_table),
+                                s.min_chunk))
     num_chunks = -(-n // chunk)
     size = max_padded_size(num_replicas, num_experts, tile_m)
     num_blocks = size // tile_m
-    grid = max(num_chunks, -(-num_blocks // blocks_per_tile))
+    grid = max(num_chunks, -(-num_blocks // s.blocks_per_tile))
     scan_rows = next_power_of_2(num_chunks)
-    scan_cols = min(e_pad, max(1, scan_elems // scan_rows))
+    scan_cols = min(e_pad, max(1, s.scan_elems // scan_rows))
     # Indices the kernels compute: rows < size, replicas < num_chunks*chunk, TILE_M-block rows.
-    if size > INT32_MAX or max(grid * blocks_per_tile * tile_m, num_chunks * chunk) > 2**31:
-        raise ValueError(f"topk_ids has {num_replicas} replicas: the padded length {size} "
+    if size > INT32_MAX or max(grid * s.blocks_per_tile * tile_m, num_chunks * chunk) > 2**31:
+        raise ValueError(f"align: topk_ids has {num_replicas} replicas: the padded length {size} "
                          "does not fit int32 indices (T*K + E*(tile_m-1) must stay below 2**31)")
     up = lambda x: -(-x // _WORKSPACE_ALIGN) * _WORKSPACE_ALIGN  # noqa: E731
     o_expert_ids = up(size)
@@ -515,52 +544,59 @@ def _align_layout(num_replicas: int, num_experts: int, tile_m: int, knobs) -> Al
     o_table = o_total + _WORKSPACE_ALIGN
     end = o_table + (num_chunks + 1) * num_experts
     return AlignLayout(num_replicas, size, num_blocks, chunk,
-                       min(chunk, max(1, count_elems // e_pad)),
-                       min(chunk, max(1, pair_elems // chunk)),
+                       min(chunk, max(1, s.count_elems // e_pad)),
+                       min(chunk, max(1, s.pair_elems // chunk)),
                        e_pad, num_chunks, grid, scan_rows, scan_cols,
                        -(-num_experts // scan_cols), (o_expert_ids, o_total, o_table, end))
 
 
-def _check_align_args(topk_ids, num_experts, tile_m, expert_map) -> AlignLayout:
-    if not hasattr(topk_ids, "shape") or not hasattr(topk_ids, "dtype"):
-        raise TypeError(f"topk_ids must be a NumPy or CuPy array, got {type(topk_ids).__name__}")
+def _check_align_args(topk_ids, num_experts, tile_m, expert_map, settings) -> AlignLayout:
+    fn = "align"
+    args.require_array(fn, "topk_ids", topk_ids)
     if topk_ids.ndim != 2:
-        raise ValueError(f"topk_ids must have shape (T, K), got shape {tuple(topk_ids.shape)}")
+        args.fail(fn, ValueError, f"topk_ids must have shape (T, K), got shape "
+                                  f"{tuple(topk_ids.shape)}")
     if topk_ids.dtype.kind not in "iu":
-        raise TypeError(f"topk_ids must be an integer array (int32), got dtype {topk_ids.dtype}")
-    for name, v in (("num_experts", num_experts), ("tile_m", tile_m)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+        args.fail(fn, TypeError, f"topk_ids must be an integer array (int32), got dtype "
+                                 f"{topk_ids.dtype}")
+    num_experts = args.require_int(fn, "num_experts", num_experts)
+    tile_m = args.require_int(fn, "tile_m", tile_m)
     if expert_map is not None:
-        if not hasattr(expert_map, "dtype") or \
+        if not args.is_array(expert_map) or \
                 array_module(expert_map) is not array_module(topk_ids):
-            raise TypeError("expert_map must be an array on the same device as topk_ids")
+            args.fail(fn, TypeError, "expert_map must be an array on the same device as "
+                                     "topk_ids")
         if expert_map.ndim != 1 or expert_map.shape[0] < 1:
-            raise ValueError(f"expert_map must have shape (global experts,), got "
-                             f"{tuple(expert_map.shape)}")
+            args.fail(fn, ValueError, f"expert_map must have shape (global experts,), got "
+                                      f"{tuple(expert_map.shape)}")
         if expert_map.dtype.kind not in "iu":
-            raise TypeError(f"expert_map must be an integer array (int32), got {expert_map.dtype}")
+            args.fail(fn, TypeError, f"expert_map must be an integer array (int32), got "
+                                     f"{expert_map.dtype}")
+    if not isinstance(settings, AlignSettings):
+        args.fail(fn, TypeError, f"settings must be a routing.AlignSettings, got "
+                                 f"{type(settings).__name__}")
     t, k = topk_ids.shape
-    return _align_layout(int(t) * int(k), int(num_experts), int(tile_m), _align_knobs())
+    return _align_layout(int(t) * int(k), num_experts, tile_m, settings)
 
 
-def _check_align_ranges(topk_ids, num_experts, expert_map):
-    """Range checks (a host sync on the GPU)."""
+def check_expert_ids(fn, topk_ids, num_experts, expert_map):
+    """Range checks of routing values (a host sync on the GPU): ``topk_ids`` in ``[-1,
+    len(expert_map))`` (or ``[-1, num_experts)`` without a map), ``expert_map`` in ``[-1,
+    num_experts)``. The kernels themselves treat anything outside as -1 (dropped)."""
     xp = array_module(topk_ids)
     id_limit = num_experts if expert_map is None else int(expert_map.shape[0])
     what = "num_experts" if expert_map is None else "len(expert_map)"
     if topk_ids.size:
         lo, hi = int(xp.min(topk_ids)), int(xp.max(topk_ids))
         if lo < -1 or hi >= id_limit:
-            bad = lo if lo < -1 else hi
-            raise ValueError(f"topk_ids must be in [-1, {what}={id_limit}) (-1 = dropped), "
-                             f"found {bad}")
+            args.fail(fn, ValueError, f"topk_ids must be in [-1, {what}={id_limit}) "
+                                      f"(-1 = dropped), found {lo if lo < -1 else hi}")
     if expert_map is not None:
         lo, hi = int(xp.min(expert_map)), int(xp.max(expert_map))
         if lo < -1 or hi >= num_experts:
-            bad = lo if lo < -1 else hi
-            raise ValueError(f"expert_map values must be local expert ids in [-1, "
-                             f"num_experts={num_experts}) (-1 = not on this rank), found {bad}")
+            args.fail(fn, ValueError, f"expert_map values must be local expert ids in [-1, "
+                                      f"num_experts={num_experts}) (-1 = not on this rank), "
+                                      f"found {lo if lo < -1 else hi}")
 
 
 def _int32_vector(xp, a):
@@ -570,28 +606,44 @@ def _int32_vector(xp, a):
     return xp.ascontiguousarray(a, dtype=xp.int32).reshape(-1)
 
 
-def align_launches(topk_ids, num_experts, tile_m, *, expert_map=None, validate=True):
+def align_workspace_size(num_replicas: int, num_experts: int, tile_m: int,
+                         settings: AlignSettings = ALIGN_SETTINGS) -> int:
+    """int32 elements of the workspace :func:`align` needs for ``T*K = num_replicas``."""
+    return _align_layout(int(num_replicas), int(num_experts), int(tile_m), settings).offsets[3]
+
+
+def align_launches(topk_ids, num_experts, tile_m, *, expert_map=None, validate=True,
+                   workspace=None, settings=ALIGN_SETTINGS):
     """Everything :func:`align` does except running the kernels: checks, one workspace, views.
 
     Returns ``(outputs, launches)``: ``outputs`` as :func:`align` returns them (not written yet)
     and ``launches``, a list of ``(name, grid, kernel, args)`` for the three kernels, in order.
     The benchmark uses it to time each kernel; ``align`` just runs them."""
-    layout = _check_align_args(topk_ids, num_experts, tile_m, expert_map)
+    fn = "align"
+    layout = _check_align_args(topk_ids, num_experts, tile_m, expert_map, settings)
     num_experts, tile_m = int(num_experts), int(tile_m)
     if validate:
-        _check_align_ranges(topk_ids, num_experts, expert_map)
+        check_expert_ids(fn, topk_ids, num_experts, expert_map)
     xp = array_module(topk_ids)
+    o_expert_ids, o_total, o_table, end = layout.offsets
+    if workspace is None:
+        # One allocation: the three outputs and the scratch table are views of it.
+        workspace = xp.empty((end,), dtype=xp.int32)
+    else:
+        args.require_array(fn, "workspace", workspace, 1, ("int32",))
+        args.require_same_device(fn, topk_ids=topk_ids, workspace=workspace)
+        if workspace.shape[0] < end or not workspace.flags.c_contiguous:
+            args.fail(fn, ValueError, f"workspace must be a contiguous int32 array of at least "
+                                      f"{end} elements (align_workspace_size), got "
+                                      f"{tuple(workspace.shape)}")
+        args.require_out(fn, "workspace", workspace, workspace.shape, np.int32,
+                         (("topk_ids", topk_ids), ("expert_map", expert_map)))
     if layout.num_replicas:
         flat_ids = _int32_vector(xp, topk_ids)
     else:
         flat_ids = xp.full((1,), -1, dtype=xp.int32)          # one dropped replica
     has_map = expert_map is not None
     emap = _int32_vector(xp, expert_map) if has_map else flat_ids       # never read without
-    # One allocation: the three outputs and the scratch table are views of it.
-    o_expert_ids, o_total, o_table, end = layout.offsets
-    workspace = xp.empty((end,), dtype=xp.int32)
-    if POISON_OUTPUTS:
-        workspace.fill(INT_POISON)
     sorted_token_ids = workspace[:layout.size]
     expert_ids = workspace[o_expert_ids:o_expert_ids + layout.num_blocks]
     num_tokens_post_padded = workspace[o_total:o_total + 1]
@@ -606,21 +658,29 @@ def align_launches(topk_ids, num_experts, tile_m, *, expert_map=None, validate=T
         ("scatter", (layout.grid,), align_scatter_kernel,
          (flat_ids, emap, table, sorted_token_ids, expert_ids, num_tokens_post_padded,
           layout.num_replicas, n_chunks, num_experts, has_map, c, layout.pair_sub, tile_m,
-          ALIGN_BLOCKS_PER_TILE, layout.e_pad)),
+          settings.blocks_per_tile, layout.e_pad)),
     ]
     return (sorted_token_ids, expert_ids, num_tokens_post_padded), launches
 
 
-def align(topk_ids, num_experts, tile_m, *, expert_map=None, validate=True):
+def align(topk_ids, num_experts, tile_m, *, expert_map=None, validate=True, workspace=None,
+          settings=ALIGN_SETTINGS):
     """Group the ``T*K`` token replicas by expert, each group padded to a multiple of ``tile_m``.
 
     Args:
         topk_ids: (T, K) integer expert ids (int32 preferred); ``-1`` means "no expert" (dropped).
-        num_experts: number of experts the outputs refer to (the local experts with expert_map).
+        num_experts: number of experts the outputs refer to (the local experts with
+            expert_map), at most ``MAX_EXPERTS``.
         tile_m: rows per GEMM tile, a power of two.
         expert_map: optional (E_global,) int array, global id -> local id in
             ``[0, num_experts)``, or -1 for experts on another rank (their replicas are dropped).
-        validate: range-check ids and expert_map (a host sync on the GPU).
+        validate: range-check ids and expert_map (a host sync on the GPU): ids must be in
+            ``[-1, E_global)`` and map values in ``[-1, num_experts)``. Without it, the kernels
+            drop (treat as -1) every replica whose id or mapped id is out of range -- as
+            ``fused_moe.moe_sum`` does, so the layer stays consistent.
+        workspace: optional contiguous int32 array of at least ``align_workspace_size(T*K,
+            num_experts, tile_m, settings)`` elements; the outputs are views of it.
+        settings: how the kernels split the work (``AlignSettings``; speed only).
 
     Returns:
         ``sorted_token_ids`` int32 (``max_padded_size(T*K, num_experts, tile_m)``,): replica
@@ -632,90 +692,17 @@ def align(topk_ids, num_experts, tile_m, *, expert_map=None, validate=True):
         (All three are views of one int32 allocation, which also holds the kernels' scratch.)
     """
     outputs, launches = align_launches(topk_ids, num_experts, tile_m, expert_map=expert_map,
-                                       validate=validate)
-    xp = array_module(outputs[0])
-    for _, grid, kernel, args in launches:
-        launch(grid, kernel, args)
+                                       validate=validate, workspace=workspace,
+                                       settings=settings)
+    for _, grid, kernel, kernel_args in launches:
+        launch(grid, kernel, kernel_args)
     return outputs
 
 
-# --------------------------------------------------------------------------------------------
-# NumPy references (float64), the ground truth for tests and checkers
-# --------------------------------------------------------------------------------------------
-def _descending_stable(values):
-    """Per row, column indices by decreasing value; equal values keep the lower index first."""
-    return np.argsort(-values, axis=-1, kind="stable")
-
-
-def topk_softmax_reference(logits, k, *, renormalize=False):
-    """NumPy float64 reference of :func:`topk_softmax` (returns float32 weights, int32 ids)."""
-    x = to_numpy(logits).astype(np.float64)
-    ids = _descending_stable(x)[:, :k]
-    with np.errstate(invalid="ignore"):
-        p = np.exp(x - x.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-    w = np.take_along_axis(p, ids, axis=1)
-    if renormalize:
-        w = w / w.sum(axis=1, keepdims=True)
-    return w.astype(np.float32), ids.astype(np.int32)
-
-
-def _sigmoid(x):
-    with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp(-x))
-
-
-def grouped_topk_reference(logits, k, *, n_group, topk_group, e_score_correction_bias=None,
-                           routed_scaling_factor=1.0, renormalize=True, return_scores=False):
-    """NumPy float64 reference of :func:`grouped_topk`.
-
-    With ``return_scores=True`` also returns ``(biased scores (T, E), group scores
-    (T, n_group), kept-group mask (T, E))`` so tests can see how close each decision was."""
-    x = to_numpy(logits).astype(np.float64)
-    num_tokens, num_experts = x.shape
-    score = _sigmoid(x)
-    has_bias = e_score_correction_bias is not None
-    select = score + (to_numpy(e_score_correction_bias).astype(np.float64) if has_bias else 0.0)
-    grouped = select.reshape(num_tokens, n_group, num_experts // n_group)
-    if has_bias:
-        group_score = -np.sort(-grouped, axis=2)[:, :, :2].sum(axis=2)
-    else:
-        group_score = grouped.max(axis=2)
-    kept = _descending_stable(group_score)[:, :topk_group]
-    keep = np.zeros((num_tokens, n_group), dtype=bool)
-    np.put_along_axis(keep, kept, True, axis=1)
-    keep = np.repeat(keep, num_experts // n_group, axis=1)
-    ids = _descending_stable(np.where(keep, select, -np.inf))[:, :k]
-    w = np.take_along_axis(score, ids, axis=1)
-    if renormalize:
-        w = w / w.sum(axis=1, keepdims=True)
-    w = w * routed_scaling_factor
-    out = (w.astype(np.float32), ids.astype(np.int32))
-    return out + ((select, group_score, keep),) if return_scores else out
-
-
-def align_reference(topk_ids, num_experts, tile_m, *, expert_map=None):
-    """NumPy reference of :func:`align`: a loop over experts, as in cuTile's samples/MoE.py."""
-    _check_align_args(topk_ids, num_experts, tile_m, expert_map)
-    ids = to_numpy(topk_ids).reshape(-1).astype(np.int64)
-    num_replicas = ids.size
-    if expert_map is not None:
-        emap = to_numpy(expert_map).astype(np.int64)
-        inside = (ids >= 0) & (ids < emap.size)
-        ids = np.where(inside, emap[np.where(inside, ids, 0)], -1)
-    size = max_padded_size(num_replicas, num_experts, tile_m)
-    sorted_token_ids = np.full(size, num_replicas, dtype=np.int32)
-    expert_ids = np.full(size // tile_m, -1, dtype=np.int32)
-    row = 0
-    for e in range(num_experts):
-        replicas = np.flatnonzero(ids == e)           # ascending: stable inside the expert
-        if replicas.size == 0:
-            continue
-        sorted_token_ids[row:row + replicas.size] = replicas
-        blocks = -(-replicas.size // tile_m)
-        expert_ids[row // tile_m: row // tile_m + blocks] = e
-        row += blocks * tile_m
-    return sorted_token_ids, expert_ids, np.array([row], dtype=np.int32)
+# The float64 references live in moe_tutorial.reference; these names stay for the notebooks.
+topk_softmax_reference = reference.topk_softmax
+grouped_topk_reference = reference.grouped_topk
+align_reference = reference.align
 
 
 # --------------------------------------------------------------------------------------------
@@ -744,7 +731,7 @@ def compile_cases():
     # and E=512) and its decode case T=64.
     for e, tile_m, n, has_map in ((8, 4, 24, True), (128, 64, 4096 * 8, False),
                                   (512, 64, 4096 * 8, False), (128, 16, 64 * 8, False)):
-        lay = _align_layout(n, e, tile_m, _align_knobs())
+        lay = _align_layout(n, e, tile_m, ALIGN_SETTINGS)
         tag = f"E{e}_M{tile_m}_N{n}_map{int(has_map)}"
         cases.append((f"align_count_{tag}", align_count_kernel,
                       [a(i32, 1), a(i32, 1), a(i32, 2), s(i32), has_map, lay.chunk,
@@ -754,5 +741,5 @@ def compile_cases():
         cases.append((f"align_scatter_{tag}", align_scatter_kernel,
                       [a(i32, 1), a(i32, 1), a(i32, 2), a(i32, 1), a(i32, 1), a(i32, 1),
                        s(i32), s(i32), s(i32), has_map, lay.chunk, lay.pair_sub, tile_m,
-                       ALIGN_BLOCKS_PER_TILE, lay.e_pad]))
+                       ALIGN_SETTINGS.blocks_per_tile, lay.e_pad]))
     return cases

@@ -21,7 +21,7 @@ Table format (``format`` 1)::
                   "sweep": [{"gemm": "gemm2", "config": {...}, "us": 123.4} or
                             {"gemm": ..., "config": {...}, "error": "..."}, ...]}, ...]}
 
-The search (``tune_shape``, GPU only) times each expert GEMM alone with
+The search (``search``, driven per layer shape by ``moe_tutorial.autotune``, GPU only) times each expert GEMM alone with
 ``cuda.tile.tune.exhaustive_search`` (L2 flushed before every run, so the weights come from
 DRAM as in a real model) over a short list of candidates per shape class:
 
@@ -37,7 +37,7 @@ DRAM as in a real model) over a short list of candidates per shape class:
   rows per block, one accumulator of the same size) -- derived, not searched.
 
 Every candidate is a fresh compile (2-6 s with tileiras): ``python -m moe_tutorial.bench --tune``
-compiles them in parallel worker processes first (``warm_shape``; cuTile's on-disk cache then
+compiles them in parallel worker processes first (``autotune.warm_shape``; cuTile's on-disk cache then
 serves the timing process). The chosen configs are checked against the float64 reference
 before they are written.
 
@@ -54,8 +54,6 @@ import json
 import math
 import os
 import re
-import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -150,15 +148,47 @@ _warned: set = set()
 
 def table_path(gpu: str | None = None) -> Path | None:
     """The table ``lookup`` reads: ``$MOE_TUTORIAL_TUNED_CONFIGS`` if set, else
-    ``configs/<gpu name>.json`` for ``gpu`` (default: the current GPU). None when lookups are
-    off or there is no GPU name."""
+    ``configs/<gpu name>.json`` for ``gpu`` (default: the current GPU). For the current GPU
+    without a table of its own, the table of a GPU of the same architecture (``"arch"`` in the
+    table, e.g. ``sm_90``: an H200 gets the H100's), with a one-line note the first time. None
+    when lookups are off, there is no GPU name or no table fits."""
     env = os.environ.get(ENV_TABLE, "").strip()
     if env.lower() in ("off", "none", "0"):
         return None
     if env:
         return Path(env)
-    gpu = gpu or gpu_name()
-    return CONFIG_DIR / file_name(gpu) if gpu else None
+    if gpu is not None:
+        return CONFIG_DIR / file_name(gpu)
+    gpu = gpu_name()
+    if gpu is None:
+        return None
+    own = CONFIG_DIR / file_name(gpu)
+    if own.exists():
+        return own
+    return nearest_table(gpu, current_arch())
+
+
+def current_arch() -> str | None:
+    """``sm_XY`` of the current GPU, None without one."""
+    from . import device
+    if not device.gpu_status()[0]:
+        return None
+    import cupy as cp
+    return "sm_" + cp.cuda.Device().compute_capability
+
+
+def nearest_table(gpu: str, arch: str | None) -> Path | None:
+    """The table of another GPU of architecture ``arch`` (first by file name), announced once."""
+    for path in sorted(CONFIG_DIR.glob("*.json")):
+        loaded = load_table(path)
+        if loaded is not None and arch is not None and loaded[0].get("arch") == arch:
+            if gpu not in _warned:
+                _warned.add(gpu)
+                print(f"moe_tutorial: no tuned tile table for {gpu}; using the one tuned on "
+                      f"{loaded[0]['gpu']} (same architecture, {arch}). "
+                      f"`python -m moe_tutorial.bench --tune` makes one for this GPU.")
+            return path
+    return None
 
 
 def load_table(path) -> tuple[dict, list[dict]] | None:
@@ -214,7 +244,8 @@ def lookup(num_tokens: int, hidden: int, num_experts: int, intermediate: int, to
 def write_table(path, gpu: str, entries: list[dict], *, command: str = "") -> None:
     """Write a table atomically (a temporary file renamed over ``path``)."""
     import cuda.tile as ct
-    table = {"format": FORMAT, "gpu": gpu, "dtype": "float16", "cuda_tile": ct.__version__,
+    table = {"format": FORMAT, "gpu": gpu, "arch": current_arch(), "dtype": "float16",
+             "cuda_tile": ct.__version__,
              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              "command": command, "entries": entries}
     validate_table(json.loads(json.dumps(table)))
@@ -351,7 +382,7 @@ def search(problem: GemmProblem, candidates: list[TileConfig]) -> dict:
     """Time every candidate with ``cuda.tile.tune.exhaustive_search``; returns
     ``{"results": [(cfg, us or None, error or None)], "best": cfg or None}``. When the tuner
     itself cannot run (every candidate failed the same way), falls back to
-    ``cupyx.profiler.benchmark`` medians, so a tuner problem costs accuracy, not the run."""
+    ``timing.median_ms`` medians, so a tuner problem costs accuracy, not the run."""
     import cuda.tile as ct
     cp = _cupy()
     stream = cp.cuda.get_current_stream()
@@ -378,7 +409,7 @@ def search(problem: GemmProblem, candidates: list[TileConfig]) -> dict:
                     for c, t, msg in res.failures]
     except Exception as exc:  # noqa: BLE001 - e.g. "No valid config found": try the fallback
         print(f"    cuda.tile.tune failed ({type(exc).__name__}: {str(exc)[:160]}); timing "
-              f"with cupyx.profiler.benchmark instead", flush=True)
+              f"with timing.median_ms instead", flush=True)
         for c in candidates:
             results.append(_time_fallback(problem, c))
     ok = [(c, us) for c, us, err in results if us is not None]
@@ -387,12 +418,11 @@ def search(problem: GemmProblem, candidates: list[TileConfig]) -> dict:
 
 
 def _time_fallback(problem: GemmProblem, cfg: TileConfig):
-    from cupyx.profiler import benchmark
-    from . import device
+    from . import device, timing
     try:
         grid, kernel, args = problem.launch_parts(cfg)
-        r = benchmark(lambda: device.launch(grid, kernel, args), n_repeat=20, n_warmup=3)
-        return cfg, float(np.median(r.gpu_times[0])) * 1e6, None
+        ms = timing.median_ms(lambda: device.launch(grid, kernel, args), n_repeat=20)
+        return cfg, ms * 1e3, None
     except Exception as exc:  # noqa: BLE001
         return cfg, None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
 
@@ -431,100 +461,6 @@ def gemm2_input(prob, routing_out, tile_m):
     return g.out
 
 
-def _per_expert(shape) -> float:
-    T, H, E, I, K = shape.dims
-    return T * K / E
-
-
-def warm_shape(shape, part: int = 0, parts: int = 1) -> int:
-    """Compile (launch once) every candidate ``tune_shape`` will time -- or, with ``parts`` >
-    1, every ``parts``-th one starting at ``part`` --, errors ignored: run in parallel worker
-    processes so the timing process finds them in cuTile's disk cache. Returns the number of
-    candidates that launched."""
-    from . import device
-    prob, r = shape_problem(shape)
-    H, I = prob["w1"].shape[2], prob["w2"].shape[2]
-    launched, index = 0, 0
-    for tile_m in tile_m_choices(shape.tokens, shape.preset.top_k, shape.preset.experts):
-        act = gemm2_input(prob, r, tile_m)
-        for kind, n, kd in (("gemm1_swiglu", I, H), ("gemm2", H, I)):
-            g = GemmProblem(kind, prob, r, act, tile_m)
-            for cfg in gemm_candidates(tile_m, n, kd, per_expert=_per_expert(shape),
-                                       swiglu=kind == "gemm1_swiglu"):
-                index += 1
-                if (index - 1) % parts != part:
-                    continue
-                try:
-                    device.launch(*g.launch_parts(cfg))
-                    launched += 1
-                except Exception:  # noqa: BLE001 - the timing run reports failures
-                    pass
-    _cupy().cuda.get_current_stream().synchronize()
-    return launched
-
-
-def tune_shape(shape, *, deadline: float | None = None, log=print) -> dict:
-    """Tune one layer shape on this GPU; returns a table entry (see the module docstring).
-    The chosen configs are checked against the float64 reference (on up to 64 tokens) for both
-    the fused and the unfused layer; a wrong result raises RuntimeError. Past ``deadline``
-    (``time.time()`` seconds) no further ``tile_m`` is tried."""
-    from . import layer, reference
-    cp = _cupy()
-    prob, r = shape_problem(shape)
-    p = shape.preset
-    H, I = prob["w1"].shape[2], prob["w2"].shape[2]
-    sweep, pairs = [], []
-    for tile_m in tile_m_choices(shape.tokens, p.top_k, p.experts):
-        if pairs and deadline is not None and time.time() > deadline:
-            log(f"    time budget: tile_m={tile_m} not tried")
-            break
-        act = gemm2_input(prob, r, tile_m)
-        found = {}
-        for kind, n, kd in (("gemm1_swiglu", I, H), ("gemm2", H, I)):
-            g = GemmProblem(kind, prob, r, act, tile_m)
-            res = search(g, gemm_candidates(tile_m, n, kd, per_expert=_per_expert(shape),
-                                            swiglu=kind == "gemm1_swiglu"))
-            sweep += sweep_rows(kind, res)
-            found[kind] = res
-            log(_summary(kind, tile_m, res))
-        if found["gemm1_swiglu"]["best"] and found["gemm2"]["best"]:
-            total = _us(found["gemm1_swiglu"]) + _us(found["gemm2"])
-            pairs.append((total, tile_m, found))
-    if not pairs:
-        raise RuntimeError(f"{shape.name}: no candidate ran for one of the GEMMs")
-    _, tile_m, found = min(pairs, key=lambda t: t[0])
-    best1 = found["gemm1_swiglu"]["best"]
-    entry = {"shape": {"T": shape.tokens, "H": H, "E": p.experts, "I": I, "K": p.top_k},
-             "sorted_rows": True,
-             "gemm1_swiglu": config_to_dict(best1),
-             "gemm2": config_to_dict(found["gemm2"]["best"]),
-             "gemm1": config_to_dict(unfused_from_swiglu(best1, 2 * I)),
-             "us": {"gemm1_swiglu": _us(found["gemm1_swiglu"]), "gemm2": _us(found["gemm2"])},
-             "sweep": sweep}
-    # check the winners end to end
-    n = min(shape.tokens, 64)
-    args = [prob[k] for k in ("hidden_states", "w1", "w2", "router_logits")]
-    kw = dict(e_score_correction_bias=prob.get("e_score_correction_bias"), **p.router_kwargs())
-    want = reference.moe_forward(args[0][:n], args[1], args[2], args[3][:n], p.top_k, **kw)
-    parsed = validate_table({"format": FORMAT, "entries": [entry]})[0]["cfg"]
-    for fused in (True, False):
-        g1_name = "gemm1_swiglu" if fused else "gemm1"
-        if g1_name not in parsed:
-            continue
-        cfg = LayerConfig(parsed[g1_name], parsed["gemm2"], True)
-        got = layer.moe_forward(*args, p.top_k, config=cfg, fused_swiglu=fused, **kw)
-        err = reference.relative_error(got[:n], want)
-        if not err <= 3e-3:
-            raise RuntimeError(f"{shape.name}: tuned configs {cfg} give relative error {err:.2e}")
-    del prob, args, want
-    cp.get_default_memory_pool().free_all_blocks()
-    return entry
-
-
-def _us(res) -> float:
-    return min(us for c, us, e in res["results"] if us is not None and c == res["best"])
-
-
 def sweep_rows(kind, res) -> list[dict]:
     """A search result as the table's ``sweep`` rows (one per candidate: time or error)."""
     rows = []
@@ -533,14 +469,6 @@ def sweep_rows(kind, res) -> list[dict]:
         row.update({"us": round(us, 2)} if us is not None else {"error": err})
         rows.append(row)
     return rows
-
-
-def _summary(kind, tile_m, res) -> str:
-    ok = sorted(((us, c) for c, us, e in res["results"] if us is not None), key=lambda t: t[0])
-    bad = [e for c, us, e in res["results"] if us is None]
-    top = ", ".join(f"{short_name(c)} {us:.1f}us" for us, c in ok[:3])
-    return (f"    {kind:13s} tile_m={tile_m:<3d} {len(ok)} ran, {len(bad)} failed; best: {top}"
-            + (f"; first failure: {bad[0]}" if bad else ""))
 
 
 def short_name(c: TileConfig) -> str:
@@ -557,33 +485,3 @@ def short_name(c: TileConfig) -> str:
     if c.transpose_b:
         s += " T"
     return s
-
-
-def run(shapes, out_path, *, budget_s: float = 420.0, log=print) -> list[dict]:
-    """Tune ``shapes`` in order, rewriting ``out_path`` after each one (a crash or the time
-    budget keeps what is done). Shapes not started before ``budget_s`` are skipped and
-    listed. Returns the entries."""
-    start = time.time()
-    gpu = gpu_name() or "unknown GPU"
-    entries, skipped = [], []
-    for shape in shapes:
-        if time.time() - start > budget_s:
-            skipped.append(shape.name)
-            continue
-        log(f"  tuning {shape.name} (T={shape.tokens}, H={shape.preset.hidden}, "
-            f"E={shape.preset.experts}, I={shape.preset.intermediate}, K={shape.preset.top_k})")
-        try:
-            entries.append(tune_shape(shape, deadline=start + budget_s, log=log))
-            write_table(out_path, gpu, entries, command=" ".join(sys.argv))
-            chosen = ", ".join(f"{g} {short_name(config_from_dict(entries[-1][g]))}"
-                               for g in GEMMS if g in entries[-1])
-            log(f"    -> {shape.name}: {chosen} ({time.time() - start:.0f} s)")
-        except Exception as exc:  # noqa: BLE001 - report and go on with the next shape
-            log(f"    ERROR tuning {shape.name}: {type(exc).__name__}: {str(exc)[:300]}")
-            try:
-                _cupy().get_default_memory_pool().free_all_blocks()
-            except Exception:  # noqa: BLE001
-                pass
-    if skipped:
-        log(f"  time budget ({budget_s:.0f} s) reached: not tuned: {', '.join(skipped)}")
-    return entries

@@ -138,7 +138,7 @@ def test_launch_numpy_goes_to_the_emulator(monkeypatch):
     monkeypatch.setattr(mt.emulator, "launch", lambda *a: calls.append(a))
     a = np.zeros(4)
     kernel = object()
-    device.launch([np.int64(2), 1.0], kernel, [a, 3])
+    device.launch([np.int64(2), np.int32(1)], kernel, [a, 3])   # NumPy ints are ints
     assert len(calls) == 1
     stream, grid, k, args = calls[0]
     assert stream is None and grid == (2, 1) and k is kernel

@@ -237,28 +237,29 @@ def test_default_tile_rule():
 def test_index_arithmetic_cannot_overflow_int32():
     """The analysis behind 'no int32 overflow', checked against the real model sizes.
 
-    1. DeepSeek-V3's w1 has more than 2**31 elements, so ``expert * stride`` does exceed int32
-       there: the wrapper must pick the 64-bit-indexed kernel, whose compiled signature marks W
-       as int64-indexed (``_w`` in the mangled name) -- and only for such weights.
-    2. Every array still indexed with int32 (A, C, topk_weights, sorted_token_ids) only needs
-       its *extents* below 2**31: gather/scatter widen each per-axis index to 64 bits before
-       multiplying by the stride (no flat int32 offset is ever formed), and ``ct.launch``
-       refuses any int32-indexed array whose shape or stride exceeds 2**31 - 1. The real
-       presets' extents are checked here (T*K*2I itself exceeds 2**31 for a 1M-token batch --
-       fine, because it is never formed)."""
+    1. Only an array whose own extent or stride passes int32 needs 64-bit indexing: cuTile forms
+       tile and gather addresses in 64 bits (measured on an H200: int32-indexed tile loads and
+       stores past element 2**31 were exact, see ``needs_int64_indexing``). DeepSeek-V3's w1
+       has 7.5e9 elements but every extent and stride fits int32, so it keeps the cheaper int32
+       kernel; a weight view whose expert stride passes int32 takes the int64 one.
+    2. Every array indexed with int32 (A, C, topk_weights, sorted_token_ids) needs its
+       *extents* below 2**31: ``ct.launch`` refuses any int32-indexed array whose shape or
+       stride exceeds 2**31 - 1. The real presets' extents are checked here (T*K*2I itself
+       exceeds 2**31 for a 1M-token batch -- fine, because it is never formed in int32)."""
     from moe_tutorial import presets
     cfg = fm.default_tile_config(4096, 8, 256)
     for preset in presets.PRESETS.values():
         H, I, E = preset.hidden, preset.intermediate, preset.experts
         for shape in ((E, 2 * I, H), (E, H, I)):
             contiguous = (shape[1] * shape[2], shape[2], 1)
-            big = E * shape[1] * shape[2] > 2**31 - 1
-            assert fm.needs_int64_indexing(shape, contiguous, cfg) == big, (preset.name, shape)
+            assert not fm.needs_int64_indexing(shape, contiguous), (preset.name, shape)
         rows = (1 << 20) * preset.top_k          # replicas of a 1M-token batch: rows of C
         for extent in (rows, 2 * I, H, E):
             assert extent < 2**31
     ds = presets.PRESETS["deepseek_v3"]
-    assert fm.needs_int64_indexing((256, 4096, 7168), (4096 * 7168, 7168, 1), cfg)
+    assert not fm.needs_int64_indexing((256, 4096, 7168), (4096 * 7168, 7168, 1))
+    assert fm.needs_int64_indexing((2, 4096, 7168), (2**31, 7168, 1))      # stride past int32
+    assert fm.needs_int64_indexing((2**31, 1, 1), (1, 1, 1))               # extent past int32
     assert (1 << 20) * ds.top_k * 2 * ds.intermediate > 2**31      # a flat offset would overflow
 
     for kernel, int64 in ((fm.fused_moe_kernel_int64, True), (fm.fused_moe_kernel, False)):
@@ -506,3 +507,17 @@ def test_swiglu_wrapper_picks_the_int64_kernel_for_huge_weights(monkeypatch):
     params = symbol[len(name):].split("_A")[1:]
     assert params[1].endswith("_w") and params[2].endswith("_w")
     assert not params[0].endswith("_w") and not params[3].endswith("_w")
+
+
+def test_int64_indexing_is_decided_per_array_in_one_place():
+    """int64_indexing() reports, per GEMM array, whether it needs ct.IndexedWithInt64 (an
+    extent or stride past int32); offsets_pass_int32() says whether its element offsets pass
+    2**31 (Mixtral's GEMM1 output at T=65536 does, its weights do not)."""
+    base = np.zeros((2, 16, 8), np.float16)
+    huge = np.lib.stride_tricks.as_strided(base, shape=(2, 16, 8), strides=(2**31 * 2, 16, 2))
+    a, out = np.zeros((4, 8), np.float16), np.zeros((8, 16), np.float16)
+    assert fm.int64_indexing(a, base, out) == {"a": False, "w": False, "out": False}
+    assert fm.int64_indexing(a, huge, out) == {"a": False, "w": True, "out": False}
+    assert fm.int64_indexing(a, huge, out[:, :8], swiglu=True)["w"]
+    assert fm.offsets_pass_int32((65536 * 2, 2 * 14336), (2 * 14336, 1))
+    assert not fm.offsets_pass_int32((8, 2 * 14336, 4096), (2 * 14336 * 4096, 4096, 1))

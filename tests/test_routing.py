@@ -12,9 +12,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from moe_tutorial import routing
-from moe_tutorial.device import to_numpy
-from moe_tutorial.routing import (align, align_reference, grouped_topk, grouped_topk_reference,
-                                  max_padded_size, topk_softmax, topk_softmax_reference)
+from moe_tutorial.device import array_module, to_numpy
+from moe_tutorial.reference import align as align_reference
+from moe_tutorial.reference import grouped_topk as grouped_topk_reference
+from moe_tutorial.reference import topk_softmax as topk_softmax_reference
+from moe_tutorial.routing import AlignSettings, align_workspace_size, max_padded_size
 
 
 def property_test(body):
@@ -32,11 +34,37 @@ def property_test(body):
 W_RTOL, W_ATOL = 1e-5, 1e-6
 
 
-@pytest.fixture(autouse=True)
-def poisoned_outputs(monkeypatch):
-    """Every output and scratch buffer starts as NaN / a sentinel, so an element the kernels
-    never write (or scratch they read before writing) shows up as a wrong result."""
-    monkeypatch.setattr(routing, "POISON_OUTPUTS", True)
+# Every output and scratch buffer the tests hand the kernels starts as NaN / a sentinel (through
+# the out= and workspace= parameters), so an element the kernels never write (or scratch they
+# read before writing) shows up as a wrong result.
+POISON_INT = -123456789
+
+
+def _poisoned_router(router):
+    def call(logits, k, **kwargs):
+        if getattr(logits, "ndim", 0) == 2 and isinstance(k, int) and "out" not in kwargs:
+            xp, t = array_module(logits), logits.shape[0]
+            kwargs["out"] = (xp.full((t, k), np.nan, xp.float32),
+                             xp.full((t, k), POISON_INT, xp.int32))
+        return router(logits, k, **kwargs)
+    return call
+
+
+topk_softmax = _poisoned_router(routing.topk_softmax)
+grouped_topk = _poisoned_router(routing.grouped_topk)
+
+
+def align(topk_ids, num_experts, tile_m, **kwargs):
+    """routing.align with a poisoned workspace (when the arguments allow one)."""
+    try:
+        size = align_workspace_size(np.prod(topk_ids.shape), num_experts, tile_m,
+                                    kwargs.get("settings", routing.ALIGN_SETTINGS))
+    except (ValueError, TypeError, AttributeError):
+        size = None                 # a bad-input test: align itself must refuse it
+    if size is not None and "workspace" not in kwargs:
+        xp = array_module(topk_ids)
+        kwargs["workspace"] = xp.full((size,), POISON_INT, xp.int32)
+    return routing.align(topk_ids, num_experts, tile_m, **kwargs)
 
 
 def _np_rng(data):
@@ -414,19 +442,18 @@ def test_align_hand_example(xp):
     assert n.tolist() == [16] and len(s) == 28           # 12 + 5 * 3 = 27, rounded up to 28
 
 
-def test_align_many_chunks_and_expert_slices(xp, rng, monkeypatch):
+def test_align_many_chunks_and_expert_slices(xp, rng):
     """Shrink the kernels' tiles so small inputs exercise every loop: many chunks, several
     one-hot and comparison tiles per chunk, several blocks (expert slices) in the
     offsets kernel."""
-    monkeypatch.setattr(routing, "ALIGN_TARGET_CHUNKS", 64)
-    monkeypatch.setattr(routing, "ALIGN_MIN_CHUNK", 4)
-    monkeypatch.setattr(routing, "ALIGN_COUNT_ELEMS", 64)     # one-hot tiles of 2 rows
-    monkeypatch.setattr(routing, "ALIGN_PAIR_ELEMS", 8)       # comparison tiles of 2 rows
-    monkeypatch.setattr(routing, "ALIGN_SCAN_ELEMS", 64)      # offsets: several expert slices
-    monkeypatch.setattr(routing, "ALIGN_BLOCKS_PER_TILE", 2)
+    small = AlignSettings(target_chunks=64, min_chunk=4,
+                          count_elems=64,     # one-hot tiles of 2 rows
+                          pair_elems=8,       # comparison tiles of 2 rows
+                          scan_elems=64,      # offsets: several expert slices
+                          blocks_per_tile=2)
     for e, kind in ((21, "skewed"), (21, "uniform"), (3, "one_expert")):
         topk_ids = _routing_ids(rng, 50, 4, e, kind).astype(np.int32)
-        _run_align(xp, topk_ids, e, 4)
+        _run_align(xp, topk_ids, e, 4, settings=small)
 
 
 @pytest.mark.parametrize("t,k,e,tile_m", [(4096, 8, 128, 64), (300, 8, 512, 16)])
@@ -475,7 +502,7 @@ def test_align_rejects_bad_input(xp):
         align(ids, 4, 24)
     with pytest.raises(ValueError, match="tile_m must be a power of two <= 1024"):
         align(ids, 4, 2048)
-    with pytest.raises(ValueError, match="num_experts must be >= 1"):
+    with pytest.raises(ValueError, match=r"num_experts must be in \[1, 4096\]"):
         align(ids, 0, 16)
     with pytest.raises(ValueError, match=r"topk_ids must be in \[-1, num_experts=4\).*found 4"):
         align(ids + 4, 4, 16)
@@ -500,7 +527,7 @@ def test_align_refuses_sizes_beyond_int32(xp):
         align(huge, 128, 64)
     # Just below the limit the host-side checks accept it (not launched here: 8 GiB of ids).
     below = xp.broadcast_to(xp.zeros((1, 8), xp.int32), (2**28 - 2**14, 8))
-    assert routing._check_align_args(below, 128, 64, None).size < 2**31
+    assert routing._check_align_args(below, 128, 64, None, routing.ALIGN_SETTINGS).size < 2**31
 
 
 def test_max_padded_size():

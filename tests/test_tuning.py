@@ -240,3 +240,43 @@ def test_search_times_candidates_with_cuda_tile_tune():
         assert ref.relative_error(got, want) < 2e-3
     del prob
     cp.get_default_memory_pool().free_all_blocks()
+
+
+@pytest.mark.gpu
+def test_the_fallback_timer_is_the_shared_harness(monkeypatch):
+    """When cuda.tile.tune cannot run, ``search`` times the candidates with
+    ``timing.median_ms``: every candidate gets a positive time, the best is one of them."""
+    import cuda.tile as ct
+    from moe_tutorial import timing
+    shape = presets.shape_from_spec("32,256,8,128,2")
+    prob, r = tuning.shape_problem(shape)
+    g = tuning.GemmProblem("gemm2", prob, r, tuning.gemm2_input(prob, r, 16), 16)
+    calls = []
+    real = timing.median_ms
+    monkeypatch.setattr(timing, "median_ms", lambda fn, **kw: calls.append(1) or real(fn, **kw))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("tuner unavailable")
+
+    monkeypatch.setattr(ct.tune, "exhaustive_search", broken)
+    cands = tuning.gemm_candidates(16, 256, 128)[:2]
+    res = tuning.search(g, cands)
+    assert len(calls) == len(cands) and res["best"] in cands
+    assert all(us is not None and us > 0 for _, us, _ in res["results"])
+
+
+def test_a_gpu_without_a_table_uses_one_of_its_architecture(monkeypatch, capsys):
+    """A Hopper GPU with no table of its own gets the H100's sm_90 table, with a one-line note once;
+    a GPU of another architecture gets none (the default rule)."""
+    monkeypatch.delenv(tuning.ENV_TABLE, raising=False)
+    monkeypatch.setattr(tuning, "_warned", set())
+    monkeypatch.setattr(tuning, "gpu_name", lambda: "NVIDIA Hopper without a table")
+    monkeypatch.setattr(tuning, "current_arch", lambda: "sm_90")
+    path = tuning.table_path()
+    assert path is not None and path.name == "NVIDIA_H100_80GB_HBM3.json"
+    assert tuning.table_path() == path
+    note = capsys.readouterr().out
+    assert note.count("no tuned tile table for NVIDIA Hopper without a table") == 1 and "sm_90" in note
+    monkeypatch.setattr(tuning, "current_arch", lambda: "sm_120")
+    assert tuning.table_path() is None
+    assert tuning.table_path("NVIDIA H100 80GB HBM3").name == "NVIDIA_H100_80GB_HBM3.json"

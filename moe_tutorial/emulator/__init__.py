@@ -25,20 +25,26 @@ Data model
       arithmetic wraps in 32 bits and promotes exactly as it does there.
     * Dtypes: bool, int8-int64, uint8-uint64, float16, bfloat16 / float8 / float4 (ml_dtypes),
       tfloat32 (float32 rounded to 10 mantissa bits), float32, float64.
-    * Promotion, implicit casts on store/scatter/atomics and the "bitwise ops need equal
-      dtypes" style checks follow cuTile's own tables, so most typing mistakes that the GPU
-      compiler rejects also raise TypeError here. ``compile.export_cubin`` remains the
-      authority on typing.
+    * Before the first launch of each specialisation (argument dtypes, ranks, constants),
+      cuTile's own front end (not the tileiras backend) checks the kernel, so a program the GPU
+      compiler rejects raises the same ``ct.TileTypeError``/``TileSyntaxError``/... with the
+      same message here. ``MOE_TUTORIAL_EMULATOR_FRONTEND=0`` switches it off; the emulator's
+      own checks (cuTile's promotion tables, TypeError) remain.
 
 Approximations (documented, deliberate)
-    * ``rounding_mode`` and ``flush_to_zero`` are accepted and ignored: NumPy rounds to
-      nearest even and keeps subnormals. float16/bfloat16 math is done in float32 and rounded
-      to the tile's dtype, as the GPU does; ``mma``/``matmul`` sum products in float64 and
+    * ``rounding_mode`` on arithmetic and ``flush_to_zero`` are accepted and ignored: NumPy
+      rounds to nearest even and keeps subnormals. ``astype(..., rounding_mode=RZ/RM/RP)``
+      is implemented for float16/bfloat16/float32/float64 targets and refused otherwise.
+      float16/bfloat16 math is done in float32 and rounded to the tile's dtype, as the GPU
+      does; ``mma``/``matmul`` sum products in float64 and
       round to the accumulator dtype (at least as accurate as fp32 tensor-core accumulation).
       ``sum`` of floats accumulates in float64; integer sums/products wrap in the tile width.
-    * UNDETERMINED padding (the default for ``ct.load``) is poisoned: NaN for floats, the
+    * UNDETERMINED padding (the default for ``ct.load``) gets finite, non-zero stand-ins:
+      1024.0 for floats (the largest finite value of float8_e4m3fn / float4_e2m1fn), the
       minimum value for signed ints, the maximum for unsigned, True for bool -- so a kernel
-      that relies on undetermined padding shows it.
+      that forgets to mask the padding gets visibly wrong results, while one that masks it
+      (``t + ct.where(i < n, 0, -inf)`` before ``exp``/``sum``) is right, as on the GPU.
+      Strict mode (below) flags padding values that reach a store or a result.
     * Out-of-bounds accesses with ``check_bounds=False`` raise IndexError (undefined on GPU).
     * Atomics run element by element in C order of the index tile (duplicates see each
       other's updates, as serialized atomics would); out-of-bounds RMW atomics return 0,
@@ -46,15 +52,15 @@ Approximations (documented, deliberate)
     * Float to int conversion truncates toward zero; out-of-range values saturate and NaN
       becomes 0 (undefined on the GPU). Float to bool is ``trunc(x) != 0``: the GPU converts
       through a 1-bit unsigned integer (so 0.5 -> False; outside [0, 2) it is undefined).
-    * ``printf`` uses Python % formatting element by element; ``print`` formats ints with %d
-      and floats with %f like the GPU. Output of different blocks never interleaves.
+    * ``printf`` prints one line per call like the GPU, a tile as ``[a, b, ...]`` with Python
+      % formatting per element; ``print`` formats ints with %d and floats with %f. Output of
+      different blocks never interleaves.
     * Memory order/scope, ``latency``, ``allow_tma`` are accepted (range-checked) and ignored.
     * ``reduce``/``scan`` with a custom function call it element by element (slow but
       fine for small tiles); ``TiledView.num_tiles`` with ``traversal_steps`` counts the tile
-      origins that start inside the array (the docs do not say).
-    * Unsupported operations (``mma_scaled``, raw memory, foreign pointers, dtype
-      constructors such as ``ct.int16(5)``) raise NotImplementedError (or a TypeError with an
-      explanatory note) naming the operation.
+      origins that start inside the array (16 elements, steps of 2: 8).
+    * Unsupported operations raise NotImplementedError naming the operation; the list is in
+      ``moe_tutorial/emulator/README.md``.
     * Also rejected as on the GPU: integer ``**`` (cuTile has no integer pow) and ``//`` on
       unsigned integers (tileiras 13.4 fails to compile it).
 
@@ -70,11 +76,12 @@ Strict mode (``MOE_TUTORIAL_EMULATOR_STRICT=1``, read at each launch)
     * a load or store tile lies entirely outside its array (undefined on the GPU).
 """
 from ._context import STRICT_ENV
+from ._frontend import FRONTEND_ENV
 from ._launch import IMPLEMENTATIONS, EmulatorMode, launch
 from ._memory import Array, TiledView
 from ._tile import Tile
 
-__all__ = ["launch", "Tile", "Array", "TiledView", "EmulatorMode", "STRICT_ENV",
+__all__ = ["launch", "Tile", "Array", "TiledView", "EmulatorMode", "STRICT_ENV", "FRONTEND_ENV",
            "supported_operations"]
 
 

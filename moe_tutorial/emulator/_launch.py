@@ -18,7 +18,9 @@ import cuda.tile as ct
 from cuda.tile._dispatch_mode import DispatchMode
 from cuda.tile._execution import is_stub
 
+from . import _branches
 from . import _dtypes as D
+from . import _frontend
 from . import _memory as M
 from . import _ops as O
 from . import _tile as T
@@ -134,8 +136,13 @@ def _patched(func, memo: dict):
         return hit
     glb = dict(func.__globals__)
     glb["__builtins__"] = _KERNEL_BUILTINS
-    new = types.FunctionType(func.__code__, glb, func.__name__, func.__defaults__,
-                             func.__closure__)
+    code, closure = func.__code__, func.__closure__
+    merged = _branches.rewrite(func)
+    if merged is not None:  # run-time ``if``s merge their branches' constants as on the GPU
+        glb.update(_branches.HELPERS)
+        cells = dict(zip(code.co_freevars, closure or ()))
+        code, closure = merged, tuple(cells[v] for v in merged.co_freevars) or None
+    new = types.FunctionType(code, glb, func.__name__, func.__defaults__, closure)
     new.__kwdefaults__ = func.__kwdefaults__
     new.__qualname__ = func.__qualname__
     memo[func] = new
@@ -213,6 +220,8 @@ def launch(stream, grid, kernel, args) -> None:
         raise TypeError(f"launch: kernel {pyfunc.__name__!r} takes {len(params)} arguments "
                         f"({', '.join(params)}), got {len(args)}")
     kargs = tuple(_convert_arg(a, ann, n) for a, ann, n in zip(args, annotations, params))
+    if _frontend.enabled():
+        _frontend.check(kernel, args)
 
     memo: dict = {}
     run = _patched(pyfunc, memo)
@@ -227,13 +236,15 @@ def launch(stream, grid, kernel, args) -> None:
                         try:
                             run(*kargs)
                         except Exception as e:
-                            _note(e, f"raised in block {(x, y, z)} of kernel "
-                                     f"{pyfunc.__name__!r} (CPU emulator)")
                             if isinstance(e, TypeError) and "DType cannot be constructed" in \
                                     str(e):
-                                _note(e, "the CPU emulator does not support dtype constructors "
-                                         "such as ct.int16(5); use ct.full((), 5, ct.int16) or "
-                                         ".astype(...) instead")
+                                raise NotImplementedError(
+                                    "dtype constructors such as ct.int16(5) are not supported by "
+                                    f"the CPU emulator (block {(x, y, z)} of kernel "
+                                    f"{pyfunc.__name__!r}); use ct.full((), 5, ct.int16) or "
+                                    ".astype(...) instead, or run on a GPU") from e
+                            _note(e, f"raised in block {(x, y, z)} of kernel "
+                                     f"{pyfunc.__name__!r} (CPU emulator)")
                             raise
     finally:
         state.grid, state.bid, state.strict, state.kernel_name = saved

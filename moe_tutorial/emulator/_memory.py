@@ -2,8 +2,10 @@
 advanced indexing and atomics, all vectorized with NumPy slicing and fancy indexing.
 
 Out-of-bounds rules follow the cuTile docs: partial tiles are padded on load (``padding_mode``;
-UNDETERMINED padding is *poisoned* here: NaN for floats, the most negative value for signed
-ints, the largest for unsigned, True for bool, so kernels that depend on it show wrong results)
+UNDETERMINED padding gets finite, non-zero stand-ins here: 1024.0 for floats (the largest
+finite value for float8_e4m3fn / float4), the most negative value for signed ints, the largest
+for unsigned, True for bool, so kernels that forget to mask it show wrong results, while kernels
+that mask it before it reaches a result work as on the GPU)
 and masked on store; out-of-bounds gathers return ``padding_value``; out-of-bounds scatters and
 atomics do nothing; negative gather/scatter indices are out of bounds. With
 ``check_bounds=False`` an out-of-bounds access is undefined on the GPU, so the emulator raises
@@ -100,11 +102,18 @@ def _index_tuple(index, ndim: int, what: str) -> tuple[int, ...]:
     return tuple(to_int(i, f"{what} index") for i in items)
 
 
+UNDETERMINED_FLOAT = 1024.0
+_SMALL_FLOATS = {ct.float8_e4m3fn: 448.0, ct.float4_e2m1fn: 6.0}  # 1024 does not fit these
+
+
 def _padding_value(mode, dtype):
-    """The fill value for ``padding_mode``; UNDETERMINED gives a poison value."""
+    """The fill value for ``padding_mode``. UNDETERMINED gets a finite, non-zero stand-in
+    (the GPU leaves it unspecified): a kernel that forgets to mask it gets visibly wrong
+    results, while masking it (``t + ct.where(i < n, 0, -inf)``, ``ct.where(i < n, t, 0)``)
+    gives the right answer, as on the GPU."""
     if mode is None or mode == ct.PaddingMode.UNDETERMINED:
         if D.is_float(dtype):
-            return np.nan
+            return UNDETERMINED_FLOAT if dtype not in _SMALL_FLOATS else _SMALL_FLOATS[dtype]
         if D.is_boolean(dtype):
             return True
         lo, hi = D.integer_range(dtype)
@@ -228,8 +237,8 @@ class TiledView:
 
     def num_tiles(self, axis) -> Tile:
         axis = normalize_axis(axis, self._array.ndim)
-        n, t, s = self._array._a.shape[axis], self._bshape[axis], self._steps[axis]
-        count = -(-(n - t) // s) + 1 if n > t else (1 if n > 0 else 0)
+        n, s = self._array._a.shape[axis], self._steps[axis]
+        count = -(-n // s)  # tile origins 0, s, 2s, ... that start inside the array
         return Tile(np.array(count, dtype=np.int32), ct.int32)
 
     def _origin(self, index, what):

@@ -265,7 +265,11 @@ def bitcast(x, /, dtype) -> Tile:
 
 def pack_to_bytes(x, /) -> Tile:
     x = _tile_arg(x, "ct.pack_to_bytes")
-    return Tile(x._data.copy().reshape(-1).view(np.uint8), ct.uint8)
+    flat = x._data.reshape(-1)
+    if x.dtype.bitwidth == 4:  # two elements per byte, the first in the low nibble
+        codes = flat.view(np.uint8) & 0xF
+        return Tile(np.asarray(codes[0::2] | (codes[1::2] << 4), np.uint8), ct.uint8)
+    return Tile(flat.copy().view(np.uint8), ct.uint8)
 
 
 def unpack_from_bytes(x, /, dtype) -> Tile:
@@ -273,6 +277,9 @@ def unpack_from_bytes(x, /, dtype) -> Tile:
     dtype = _dtype_arg(dtype, "ct.unpack_from_bytes")
     if x.dtype != ct.uint8 or x.ndim != 1:
         raise TypeError("ct.unpack_from_bytes expects a 1D uint8 tile")
+    if dtype.bitwidth == 4:  # low nibble first
+        codes = np.stack([x._data & 0xF, x._data >> 4], axis=-1).reshape(-1)
+        return Tile(codes.astype(np.uint8).view(D.storage(dtype)), dtype)
     return Tile(x._data.copy().view(D.storage(dtype)), dtype)
 
 
@@ -353,13 +360,20 @@ def _arg(name, x, axis, keepdims, propagate_nan, pick):
             # propagate_nan=False: NaNs are ignored, i.e. treated as the worst value
             best, worst = (np.inf, -np.inf) if name == "argmax" else (-np.inf, np.inf)
             data = np.where(nan, best if propagate_nan else worst, data)
+    nan_first = None
+    if propagate_nan and D.is_float(x.dtype):  # the first NaN wins over any number
+        nan_first = np.isnan(x._data.astype(D.compute(x.dtype)))
     if axis is None:
         r = pick(data.reshape(-1), axis=0)
+        if nan_first is not None and nan_first.any():
+            r = np.argmax(nan_first.reshape(-1))
         r = np.asarray(r).reshape((1,) * x.ndim if keepdims else ())
         poison = None if x._poison is None else np.asarray(x._poison.any()).reshape(r.shape)
     else:
         ax = normalize_axis(axis, x.ndim, f"ct.{name} axis")
         r = pick(data, axis=ax)
+        if nan_first is not None:
+            r = np.where(nan_first.any(axis=ax), np.argmax(nan_first, axis=ax), r)
         poison = None if x._poison is None else x._poison.any(axis=ax)
         if keepdims:
             r = np.expand_dims(r, ax)
@@ -547,24 +561,42 @@ _PRINTF_SPEC = re.compile(
 
 
 def printf(format, *args) -> None:
-    """C-style printf; each tile argument is printed element by element with Python %
-    formatting (integer/float conversions as in C, length modifiers dropped)."""
+    """C-style printf, one line per call as on the GPU: a tile argument prints as
+    ``[a, b, ...]`` with each element formatted by its conversion (Python % formatting,
+    length modifiers dropped)."""
     if not isinstance(format, str):
         raise TypeError("ct.printf: format must be a string constant")
-    py_format = _PRINTF_SPEC.sub(lambda m: m.group(0) if m.group(5) == "%" else
-                                 "%" + m.group(1) + (m.group(2) or "") +
-                                 ("." + m.group(3) if m.group(3) else "") +
-                                 ("d" if m.group(5) in "iu" else m.group(5)), format)
     tiles = [as_tile(a) if not isinstance(a, Tile) else a for a in args]
     n_specs = builtins.sum(1 for m in _PRINTF_SPEC.finditer(format) if m.group(5) != "%")
     if n_specs != len(tiles):
         raise TypeError(f"ct.printf: the format has {n_specs} conversions but {len(tiles)} "
                         "arguments were given")
-    shape = np.broadcast_shapes(*(t.shape for t in tiles)) if tiles else ()
-    values = [np.broadcast_to(t._data.astype(np.float64) if D.is_float(t.dtype) else
-                              t._data.astype(np.int64), shape) for t in tiles]
-    for pos in np.ndindex(*shape):
-        sys.stdout.write(py_format % tuple(v[pos].item() for v in values))
+    out, k, pos = [], 0, 0
+    for m in _PRINTF_SPEC.finditer(format):
+        out.append(format[pos:m.start()])
+        pos = m.end()
+        if m.group(5) == "%":
+            out.append("%")
+            continue
+        spec = "%" + m.group(1) + (m.group(2) or "") + ("." + m.group(3) if m.group(3) else "") \
+            + ("d" if m.group(5) in "iu" else m.group(5))
+        out.append(_printf_value(spec, tiles[k]))
+        k += 1
+    out.append(format[pos:])
+    sys.stdout.write("".join(out))
+
+
+def _printf_value(spec: str, t: Tile) -> str:
+    """One printf argument as the GPU prints it: a scalar with ``spec``, a tile as a nested
+    list ``[a, b, ...]`` of elements each formatted with ``spec``."""
+    values = t._data.astype(np.float64) if D.is_float(t.dtype) else t._data.astype(np.int64)
+
+    def fmt(v):
+        if isinstance(v, list):
+            return "[" + ", ".join(fmt(e) for e in v) + "]"
+        return spec % v
+
+    return fmt(values.tolist())
 
 
 def print_(*args, sep=" ", end="\n") -> None:
@@ -580,8 +612,29 @@ def assert_(cond, /, message=None) -> None:
                              + (f": {message}" if message else ""))
 
 
+class _ConstInt(int):
+    """An int from ``ct.static_eval``: a constant that also has ``.astype`` as in cuTile."""
+    def astype(self, dtype, /):
+        return as_tile(int(self), D.as_ct_dtype(dtype))
+
+
+class _ConstFloat(float):
+    def astype(self, dtype, /):
+        return as_tile(float(self), D.as_ct_dtype(dtype))
+
+
+def _constant(v):
+    if isinstance(v, tuple):
+        return tuple(_constant(e) for e in v)
+    if type(v) is int:
+        return _ConstInt(v)
+    if type(v) is float:
+        return _ConstFloat(v)
+    return v
+
+
 def static_eval(expr, /):
-    return expr
+    return _constant(expr)
 
 
 def static_assert(condition, message=None, /) -> None:

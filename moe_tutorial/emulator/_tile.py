@@ -371,14 +371,31 @@ def _check_int_op(name, dtype):
             "it); cast to a signed integer type first")
 
 
+def _absorb_infinities(r, x, y):
+    """Strict mode: finite padding plus or minus an infinity is that infinity whatever the
+    padding was, so ``t + ct.where(i < n, 0, -inf)`` clears the marks it masks."""
+    if type(r) is not Tile or r._poison is None:
+        return r
+    for a, b in ((x, y), (y, x)):
+        if type(a) is Tile and a._poison is not None and not D.is_integral(r._dtype):
+            other = b._data if type(b) is Tile else np.asarray(b)
+            clean = np.isinf(other.astype(np.float64))
+            if type(b) is Tile and b._poison is not None:
+                clean = clean & ~b._poison
+            r._poison = np.broadcast_to(r._poison & ~clean, r.shape)
+    return r
+
+
 def add(x, y, /, *, rounding_mode=None, flush_to_zero=False):
-    return _arith("add", np.add, lambda a, b: a + b, x, y, rounding_mode=rounding_mode,
-                  flush_to_zero=flush_to_zero)
+    return _absorb_infinities(_arith("add", np.add, lambda a, b: a + b, x, y,
+                                     rounding_mode=rounding_mode, flush_to_zero=flush_to_zero),
+                              x, y)
 
 
 def sub(x, y, /, *, rounding_mode=None, flush_to_zero=False):
-    return _arith("sub", np.subtract, lambda a, b: a - b, x, y, rounding_mode=rounding_mode,
-                  flush_to_zero=flush_to_zero)
+    return _absorb_infinities(_arith("sub", np.subtract, lambda a, b: a - b, x, y,
+                                     rounding_mode=rounding_mode, flush_to_zero=flush_to_zero),
+                              x, y)
 
 
 def mul(x, y, /, *, rounding_mode=None, flush_to_zero=False):
@@ -398,6 +415,9 @@ def _floordiv_np(a, b):
 
 
 def floordiv(x, y, /):
+    if not _both_scalars(x, y) and D.is_float(D.promote(_dtype_of(x, "floordiv"),
+                                                         _dtype_of(y, "floordiv"))):
+        return floor(truediv(x, y))  # the quotient is rounded to the dtype, then floored
     return _arith("floordiv", _floordiv_np, lambda a, b: a // b, x, y)
 
 
@@ -616,8 +636,9 @@ def isnan(x, /):
 # ---- conversion and selection ----------------------------------------------------------------
 
 def astype(x, dtype, /, *, rounding_mode=None) -> Tile:
-    """Convert to ``dtype``; ``rounding_mode`` is accepted and ignored (NumPy rounds to nearest
-    even for float->float, float->int truncates toward zero as on the GPU)."""
+    """Convert to ``dtype``: float->float rounds to nearest even or by ``rounding_mode``
+    (RZ/RM/RP for float16/bfloat16/float32/float64 targets), float->int truncates toward zero
+    as on the GPU."""
     dtype = D.as_ct_dtype(dtype)
     if not isinstance(x, Tile):
         x = as_tile(x, op="astype")
@@ -625,7 +646,47 @@ def astype(x, dtype, /, *, rounding_mode=None) -> Tile:
         return x
     if rounding_mode is not None and not (D.is_float(x._dtype) and D.is_float(dtype)):
         raise TypeError("ct.astype: rounding_mode is only valid for float to float conversions")
-    return Tile(np.asarray(D.cast(x._data, x._dtype, dtype)), dtype, x._poison)
+    data = np.asarray(D.cast(x._data, x._dtype, dtype))
+    if rounding_mode not in (None, ct.RoundingMode.RN):
+        data = _directed_rounding(x._data, data, dtype, rounding_mode)
+    return Tile(data, dtype, x._poison)
+
+
+_DIRECTED = {ct.RoundingMode.RZ: "zero", ct.RoundingMode.RM: "down", ct.RoundingMode.RP: "up"}
+_DIRECTED_TARGETS = (ct.float16, ct.bfloat16, ct.float32, ct.float64)
+
+
+def _directed_rounding(src: np.ndarray, nearest: np.ndarray, dtype, mode) -> np.ndarray:
+    """Fix a round-to-nearest conversion to round toward zero / down / up: where the nearest
+    value lies on the wrong side of the exact one, step one unit in the last place back."""
+    if mode not in _DIRECTED or dtype not in _DIRECTED_TARGETS:
+        raise NotImplementedError(f"ct.astype with rounding_mode={mode.name} to {dtype} is not "
+                                  "supported by the CPU emulator (RN, RZ, RM and RP to float16, "
+                                  "bfloat16, float32 and float64 are); run on a GPU")
+    exact = src.astype(np.float64)
+    got = nearest.astype(np.float64)
+    direction = _DIRECTED[mode]
+    if direction == "zero":
+        wrong = np.abs(got) > np.abs(exact)
+    elif direction == "down":
+        wrong = got > exact
+    else:
+        wrong = got < exact
+    wrong &= ~np.isnan(exact) & ~np.isinf(exact)
+    if not wrong.any():
+        return nearest
+    bits = nearest.copy().view(f"u{nearest.itemsize}")
+    # sign-magnitude: toward zero is one code less; away from zero one code more
+    toward_zero = (direction == "zero") | ((direction == "down") & (got > 0)) | \
+        ((direction == "up") & (got < 0))
+    one = bits.dtype.type(1)
+    sign = bits.dtype.type(1 << (8 * nearest.itemsize - 1))
+    zero = got == 0  # a zero stepped away from zero becomes the smallest subnormal
+    stepped = np.where(toward_zero, bits - one, np.where(zero, (bits & sign) | one, bits + one))
+    if direction != "zero":  # a zero stepped down (up) takes the sign of the direction
+        stepped = np.where(zero, (sign if direction == "down" else 0) | one, stepped)
+    bits = np.where(wrong, stepped, bits).astype(bits.dtype)
+    return bits.view(nearest.dtype)
 
 
 def where(cond, x, y, /) -> Tile:
