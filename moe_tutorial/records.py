@@ -138,12 +138,12 @@ def layer_profiles(xp) -> dict:
     and prefill, each GEMM's achieved TFLOP/s, and the layer against two simple baselines."""
     from cupyx.profiler import benchmark
 
-    from . import bench, layer, presets, routing
+    from . import layer, presets, roofline, routing, timing
 
     def median_ms(fn, n=30):
         return float(np.median(benchmark(fn, n_repeat=n, n_warmup=3).gpu_times[0])) * 1e3
 
-    bandwidth, peak = bench.measure_ceilings(xp)
+    bandwidth, peak = timing.measure_ceilings(xp)
     steps, points, baselines = {}, [], []
     for name in ("qwen3_30b_a3b", "mixtral_8x7b", "deepseek_v3"):
         pr = presets.PRESETS[name]
@@ -159,7 +159,7 @@ def layer_profiles(xp) -> dict:
             used = int(xp.unique(ids[ids >= 0]).size)
             times = {s: median_ms(fn) for s, fn in plan.steps}
             steps[f"{name} {phase} T={T}"] = times
-            for g, (fl, by) in bench.gemm_costs(T, pr.hidden, pr.intermediate, pr.top_k,
+            for g, (fl, by) in roofline.gemm_costs(T, pr.hidden, pr.intermediate, pr.top_k,
                                                 used).items():
                 points.append({"label": f"{name} {phase} {g.split()[0]}", "intensity": fl / by,
                                "tflops": fl / times[g] / 1e9})
@@ -173,7 +173,7 @@ def layer_profiles(xp) -> dict:
             a = [prob[k] for k in ("hidden_states", "w1", "w2", "router_logits")]
             w, ids = routing.topk_softmax(a[3], pr.top_k, renormalize=pr.renormalize)
             used = int(xp.unique(ids).size)
-            fl, by = bench.layer_cost(T, pr.hidden, pr.intermediate, pr.top_k, used)
+            fl, by = roofline.layer_cost(T, pr.hidden, pr.intermediate, pr.top_k, used)
             baselines.append({
                 "shape": f"{name} {phase}",
                 "moe_forward": median_ms(lambda: layer.moe_forward(*a, pr.top_k,
@@ -181,7 +181,7 @@ def layer_profiles(xp) -> dict:
                 "cupy_loop": median_ms(lambda: layer.moe_forward_expert_loop(*a[:3], w, ids), n=5),
                 "host_aligned": median_ms(
                     lambda: layer.moe_forward_host_aligned(*a[:3], w, ids), n=5),
-                "floor": bench.roofline_floor_ms(fl, by, peak, bandwidth)})
+                "floor": roofline.roofline_floor_ms(fl, by, peak, bandwidth)})
             del prob, a
     return {"copy_gbs": bandwidth, "matmul_tflops": peak, "step_ms": steps, "gemms": points,
             "baselines_ms": baselines}
@@ -244,14 +244,14 @@ def profiles_from_bench(run: dict) -> dict:
     """Notebook 04's profile data taken from a recorded benchmark run: its ceilings, each
     shape's per-step device times (one CUDA graph per step) and the GEMMs' achieved TFLOP/s.
     (No baselines: the benchmark compares with its own peers.)"""
-    from . import bench
+    from . import roofline
     steps, points = {}, []
     for r in run["rows"]:
         if not r.get("steps_us"):
             continue
         T, H, E, I, K = r["dims"]
         steps[f"{r['shape']} T={T}"] = {s: us / 1e3 for s, us in r["steps_us"].items()}
-        for g, (fl, by) in bench.gemm_costs(T, H, I, K, r["experts_used"]).items():
+        for g, (fl, by) in roofline.gemm_costs(T, H, I, K, r["experts_used"]).items():
             if r["steps_us"].get(g):
                 points.append({"label": f"{r['shape']} {g.split()[0]}", "intensity": fl / by,
                                "tflops": fl / (r["steps_us"][g] * 1e-6) / 1e12})

@@ -1,2 +1,2 @@
 """The layer cost model the checkers compare with (the package's one, in one place)."""
-from ..bench import intermediate_bytes, layer_cost, roofline_floor_ms  # noqa: F401
+from ..roofline import intermediate_bytes, layer_cost, roofline_floor_ms  # noqa: F401
