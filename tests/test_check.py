@@ -60,6 +60,14 @@ def test_compare_names_computed_nan():
     assert "never written" not in msg
 
 
+def test_compare_points_at_padding_when_results_blow_up():
+    want = np.random.default_rng(2).standard_normal((4, 6))
+    got = want.copy()
+    got[:, -1] = 1024.0 * 1024.0                  # undetermined padding summed into a row
+    ok, msg = core.compare(got, want)
+    assert not ok and "far too large" in msg and "padding_mode=ct.PaddingMode.ZERO" in msg
+
+
 @pytest.mark.parametrize("factor, words", [(2.0, "twice"), (0.5, "half"), (-1.0, "minus")])
 def test_compare_names_a_constant_factor(factor, words):
     want = np.random.default_rng(0).standard_normal((5, 7))

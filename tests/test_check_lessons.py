@@ -259,9 +259,9 @@ def _swiglu_factory(pad: bool):
 
 def test_moe_swiglu_gemm(capsys):
     assert verdict(capsys, check.moe_swiglu_gemm(_swiglu_factory(True)))[0]
-    # undetermined padding past the Kd edge is NaN on the emulator: named as such
+    # undetermined padding past the Kd edge (1024 on the emulator, NaN or garbage on a GPU)
     ok, out = verdict(capsys, check.moe_swiglu_gemm(_swiglu_factory(False)))
-    assert not ok and "is NaN" in out and "padding_mode=ct.PaddingMode.ZERO" in out
+    assert not ok and "padding_mode=ct.PaddingMode.ZERO" in out
     assert "never written" not in out
 
 
