@@ -23,16 +23,15 @@ def _cell(coord, ndim, n, wrap):
 
 
 def _cells(trace, name, writes, shape, wrap, rows, cols):
-    """{(row, col): (block, status)}: the last access of each cell (hits win over misses).
-    Masked gather/scatter lanes touch nothing and are left out, as are lanes more than
-    ``_MARGIN`` cells outside the array (counted in the second result)."""
-    shown = {WRITTEN, MASKED, OUT_OF_BOUNDS} if writes else {READ, PADDING, OUT_OF_BOUNDS}
+    """{(row, col): (block, status)}: the last access of each cell (hits win over misses), and
+    {(row, col): blocks}; lanes more than ``_MARGIN`` cells outside the array are only counted."""
+    shown = {WRITTEN, MASKED, OUT_OF_BOUNDS} if writes else {READ, PADDING, OUT_OF_BOUNDS, MASKED}
     cells, touched, far = {}, {}, 0
     for a in trace.accesses:
         if a.array != name or (a.op in _WRITES) != writes:
             continue
         for coord, status in zip(a.coords.tolist(), a.status.tolist()):
-            if status not in shown or (status == MASKED and a.op != "store"):
+            if status not in shown:
                 continue
             rc = _cell(coord, len(shape), shape[0], wrap)
             if not (-_MARGIN <= rc[0] < rows + _MARGIN and -_MARGIN <= rc[1] < cols + _MARGIN):
@@ -70,9 +69,11 @@ def plot(trace, block, arrays, wrap, ax):
         raise ValueError(f"plot: block {block[:len(trace.grid)]} did not run; the grid is "
                          f"{trace.grid}")
     if ax is None:
-        heights = [max(_grid_shape(trace.arrays[n], wrap)[0], 1) + 2 for n in arrays]
-        fig, axes = plt.subplots(len(arrays), 1, squeeze=False, figsize=(10, 0.5 + 0.32 * sum(
-            heights)), gridspec_kw={"height_ratios": heights})
+        shapes = [_grid_shape(trace.arrays[n], wrap) for n in arrays]
+        heights = [max(r, 1) + 2 for r, _ in shapes]
+        cell = min(0.3, 7.5 / max(max(c for _, c in shapes), 1))
+        fig, axes = plt.subplots(len(arrays), 1, squeeze=False, figsize=(
+            10, min(0.6 + cell * sum(heights), 14)), gridspec_kw={"height_ratios": heights})
         axes = list(axes[:, 0])
     else:
         axes = [ax] if len(arrays) == 1 else list(ax)
@@ -135,7 +136,7 @@ def plot(trace, block, arrays, wrap, ax):
                Patch(facecolor="white", edgecolor="0.3", hatch=_HATCH[PADDING],
                      label="padding (tile lane outside the array)"),
                Patch(facecolor="white", edgecolor="0.3", hatch=_HATCH[MASKED],
-                     label="masked lane (not stored)"),
+                     label="masked lane (touches nothing)"),
                Patch(facecolor="white", edgecolor="0.3", hatch=_HATCH[OUT_OF_BOUNDS],
                      label="out-of-bounds index")]
     fig.legend(handles=legend, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
