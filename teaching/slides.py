@@ -38,7 +38,7 @@ REVEAL_VERSION = "4.6.0"
 REVEAL_TARBALL = f"https://registry.npmjs.org/reveal.js/-/reveal.js-{REVEAL_VERSION}.tgz"
 REVEAL_SHA512 = ("QC80rYsZldAe95bW9VImucIPTjfsKhI0jRQrIOXU4P92ZyXb/dfw9L3EE96bN6i7UmeUl1qBieH4UNTr"
                  "25erYw==")
-REVEAL_FILES = ("dist/reveal.js", "dist/reveal.css", "dist/theme/simple.css",
+REVEAL_FILES = ("dist/reveal.js", "dist/reveal.css", "dist/theme/white.css",
                 "plugin/notes/notes.js")
 
 
@@ -123,6 +123,7 @@ def export(path: Path, out_dir: Path, reveal_prefix: str = "reveal.js", execute=
                               template_name=TEMPLATE.name)
     exporter.reveal_url_prefix = reveal_prefix
     exporter.reveal_scroll = True
+    exporter.reveal_theme = "white"   # its fonts ship with reveal.js; "simple" imports Google Fonts
     nb = nbformat.read(path, as_version=4)
     tag(nb)
     if execute:
