@@ -66,8 +66,8 @@ def plot(trace, block, arrays, wrap, ax):
     if not arrays:
         raise ValueError("plot: the kernel touched no array, there is nothing to draw")
     if block is not None and block not in trace.blocks:
-        raise ValueError(f"plot: block {block[:len(trace.grid)]} did not run; the grid is "
-                         f"{trace.grid}")
+        raise ValueError(f"plot: block {block[:len(trace.grid)]} touched no array (or did "
+                         f"not run); the grid is {trace.grid}")
     if ax is None:
         shapes = [_grid_shape(trace.arrays[n], wrap) for n in arrays]
         heights = [max(r, 1) + 2 for r, _ in shapes]

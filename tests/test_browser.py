@@ -44,7 +44,19 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def lab(tmp_path):
+def browser_tools():
+    """(Chromium executable, playwright.sync_api), or skip saying what is missing."""
+    executable = _chromium()
+    if executable is None:
+        pytest.skip("no Chromium found (apt-get install chromium, or set CHROMIUM=/path/to/it)")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="the playwright package is not installed "
+                                          "(pip install playwright)")
+    return executable, sync_api
+
+
+@pytest.fixture
+def lab(tmp_path, browser_tools):
     """A JupyterLab server on a copy of notebook 00; yields (url, notebook path on disk)."""
     work = tmp_path / "lab"
     work.mkdir()
@@ -53,11 +65,12 @@ def lab(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), MPLBACKEND="module://"
         "matplotlib_inline.backend_inline", JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"))
+    log = (tmp_path / "lab.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
          "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", "--allow-root",
-         f"--ServerApp.root_dir={work}", "--LabApp.news_url=", "--ServerApp.disable_check_xsrf=False"],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "lab.log", "w"))
+         f"--ServerApp.root_dir={work}", "--LabApp.news_url="],
+        env=env, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60
@@ -73,15 +86,11 @@ def lab(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+        log.close()
 
 
-def test_notebook_00_runs_all_in_jupyterlab(lab):
-    executable = _chromium()
-    if executable is None:
-        pytest.skip("no Chromium found (apt-get install chromium, or set CHROMIUM=/path/to/it)")
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="the playwright package is not installed "
-                                          "(pip install playwright)")
+def test_notebook_00_runs_all_in_jupyterlab(lab, browser_tools):
+    executable, sync_api = browser_tools
     url, saved = lab
     code_cells = sum(c["cell_type"] == "code" for c in json.loads(NOTEBOOK.read_text())["cells"])
     with sync_api.sync_playwright() as p:
@@ -119,13 +128,8 @@ def test_notebook_00_runs_all_in_jupyterlab(lab):
     assert not [o for o in outputs if o["output_type"] == "error"], "a cell saved an error output"
 
 
-def test_slides_render_offline():
-    executable = _chromium()
-    if executable is None:
-        pytest.skip("no Chromium found (apt-get install chromium, or set CHROMIUM=/path/to/it)")
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="the playwright package is not installed "
-                                          "(pip install playwright)")
+def test_slides_render_offline(browser_tools):
+    executable, sync_api = browser_tools
     from teaching import slides
     html = slides.OUT / "00_tiles.slides.html"
     if not html.exists():
