@@ -2,6 +2,9 @@
 #              (copied from notebooks/ on the first run, never overwritten afterwards)
 # make reset NB=01_routing  - restore lab/01_routing.ipynb from notebooks/ (yours goes to .bak)
 # make test  - create/update .venv, run the unit tests and execute every notebook (nbmake)
+# make slides        - the notebooks as reveal.js slides in build/slides/, offline (EXECUTE=0: skip
+#                      running them first, no outputs on the slides)
+# make browser-test  - notebook 00, Run All in JupyterLab in a real Chromium (Playwright)
 PYTHON ?= python3
 LAB    ?= lab
 VENV   ?= .venv
@@ -9,7 +12,7 @@ JOBS   ?= 2
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab reset test test-gpu install clean distclean
+.PHONY: lab reset test test-gpu install clean distclean slides browser-test
 
 # (as root, e.g. in a container, JupyterLab needs --allow-root)
 # The committed notebooks stay untouched: JupyterLab opens lab/ (git-ignored), and copies only
@@ -37,6 +40,18 @@ test: $(STAMP)
 # On a machine with an NVIDIA GPU: the tests that run kernels through ct.launch.
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -m gpu tests
+
+# Slide types come from the headings (teaching/slides.py); `python -m teaching.slides tag` writes
+# them into the notebooks.
+EXECUTE ?= 1
+slides: $(STAMP)
+	$(BIN)/python -m teaching.slides build $(if $(filter 1,$(EXECUTE)),--execute)
+
+# Uses the system Chromium (apt-get install chromium); skipped with the reason if there is none.
+browser-test: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[browser]"
+	$(BIN)/python -m teaching.slides build notebooks/00_tiles.ipynb
+	MOE_TUTORIAL_BROWSER_TEST=1 $(BIN)/python -m pytest -p no:xdist tests/test_browser.py -v -rs
 
 install: $(STAMP)
 

@@ -28,6 +28,9 @@ from .fused_moe import (LayerConfig, TileConfig, default_tile_config, fused_moe_
                         permute_rows)
 from .layer import moe_forward
 
+# Every notebook: a picture of what each block of a kernel read and wrote (CPU emulator).
+from .trace import Trace, trace
+
 __all__ = ["device", "emulator", "array_module", "backend", "describe", "get_xp", "gpu_status",
            "is_gpu_array", "launch", "to_numpy", "xp",
            "check", "compile", "records", "source", "tiles", "vector_add", "vector_add_kernel",
@@ -35,7 +38,8 @@ __all__ = ["device", "emulator", "array_module", "backend", "describe", "get_xp"
            "topk_softmax", "topk_softmax_reference",
            "activation", "silu_and_mul", "silu_and_mul_reference",
            "fused_moe", "layer", "presets", "reference", "TileConfig", "default_tile_config",
-           "LayerConfig", "fused_moe_matmul", "moe_sum", "permute_rows", "moe_forward"]
+           "LayerConfig", "fused_moe_matmul", "moe_sum", "permute_rows", "moe_forward",
+           "Trace", "trace"]
 
 
 def __getattr__(name):

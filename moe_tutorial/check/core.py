@@ -232,8 +232,19 @@ def _describe_exception(e: BaseException) -> str:
     return f"your code raised {kind}: {text}{where}{notes}"
 
 
+#: The last kernel launch a checker made through ``attempt(device.launch, ...)``: kernel, grid
+#: and host copies of the arguments taken before the launch, so ``picture()`` can replay it.
+_last_launch = None
+
+
 def attempt(fn, *args, **kwargs):
     """Call learner code: ``(result, None)`` on success, ``(None, message)`` if it raised."""
+    global _last_launch
+    if fn is device.launch and len(args) == 3:
+        grid, kernel, launch_args = args
+        _last_launch = (kernel, grid, tuple(
+            device.to_numpy(a).copy() if hasattr(a, "shape") and not np.isscalar(a) else a
+            for a in launch_args))
     try:
         return fn(*args, **kwargs), None
     except Exception as e:  # noqa: BLE001 - turning the learner's error into feedback
@@ -243,15 +254,34 @@ def attempt(fn, *args, **kwargs):
 def run_trials(name: str, trials: int, trial, *, what: str = "random inputs",
                level: int = 0) -> Verdict:
     """Run ``trial(i) -> (ok, message)`` for ``i in range(trials)``; report the first failure
-    (with the hint of ``level``) or, if all pass, "correct on N <what>"."""
+    (with the hint of ``level``) or, if all pass, "correct on N <what>". A failure after a
+    kernel launch also offers ``picture()``."""
+    global _last_launch
+    _last_launch = None
     for i in range(trials):
         try:
             ok, message = trial(i)
         except Exception as e:  # noqa: BLE001 - an exception is feedback, not a crash
             ok, message = False, _describe_exception(e)
         if not ok:
-            return report(name, False, f"case {i + 1} of {trials}: {message}", level=level)
+            verdict = report(name, False, f"case {i + 1} of {trials}: {message}", level=level)
+            if _last_launch is not None:
+                print("     see where your kernel read and wrote: mt.check.picture()")
+            return verdict
     return report(name, True, f"correct on {trials} {what}")
+
+
+def picture(block=None, **plot_options):
+    """Replay the last kernel launch a checker made (with the same inputs) on the CPU emulator
+    and draw what every block read and wrote (see ``mt.trace``); returns the ``Trace``."""
+    if _last_launch is None:
+        print("No checker has launched a kernel yet: run a checker first.")
+        return None
+    from ..trace import trace
+    kernel, grid, args = _last_launch
+    tr = trace(kernel, grid, args)
+    tr.plot(block=block, **plot_options)
+    return tr
 
 
 def rng(seed=None) -> np.random.Generator:

@@ -298,6 +298,28 @@ def _index_poison(items, shape):
     return np.logical_or.reduce(masks) if len(masks) > 1 else masks[0]
 
 
+# ---- recording hook (used by moe_tutorial.trace) ----------------------------------------------
+
+#: When set, every load, store, gather, scatter and atomic calls
+#: ``recorder(kind, a, indices, in_bounds, active)`` before it touches memory: ``a`` is the NumPy
+#: array (view) accessed, ``indices`` one integer array per dimension of ``a`` (one entry per
+#: lane), ``in_bounds`` which lanes lie inside ``a``, ``active`` which lanes the mask keeps (None:
+#: all). It only observes.
+recorder = None
+
+
+def _record(kind, a, indices, in_bounds, active=None):
+    if recorder is not None:
+        recorder(kind, a, tuple(indices), in_bounds, active)
+
+
+def _record_box(kind, a, origin, shape):
+    if recorder is not None:
+        grids = np.meshgrid(*[np.arange(o, o + n) for o, n in zip(origin, shape)], indexing="ij")
+        inb = np.logical_and.reduce([(g >= 0) & (g < d) for g, d in zip(grids, a.shape)])
+        recorder(kind, a, tuple(grids), inb, None)
+
+
 # ---- rectangular reads and writes ------------------------------------------------------------
 
 def _box(origin, shape, dims):
@@ -315,6 +337,7 @@ def _box(origin, shape, dims):
 def _read_box(a: np.ndarray, origin, shape, padding_mode, dtype, check_bounds, what):
     """The box of ``shape`` at element ``origin`` of ``a``, padded; returns (values, poison)
     where poison (strict mode, UNDETERMINED padding) marks the padded elements."""
+    _record_box("load", a, origin, shape)
     inside = all(o >= 0 and o + n <= d for o, n, d in zip(origin, shape, a.shape))
     if inside:
         key = tuple(slice(o, o + n) for o, n in zip(origin, shape))
@@ -340,6 +363,7 @@ def _read_box(a: np.ndarray, origin, shape, padding_mode, dtype, check_bounds, w
 
 def _write_box(a: np.ndarray, origin, values: np.ndarray, check_bounds, what, poison=None):
     shape = values.shape
+    _record_box("store", a, origin, shape)
     inside = all(o >= 0 and o + n <= d for o, n, d in zip(origin, shape, a.shape))
     if inside:
         _check_poison(poison, None, what)
@@ -483,6 +507,7 @@ def gather(array, indices, /, *, mask=None, padding_value=0, check_bounds=True,
     shape = inb.shape
     user = _user_mask(mask, shape, "ct.gather")
     wanted = user if user is not None else np.ones(shape, bool)
+    _record("gather", arr._a, arrays, inb, user)
     bad = wanted & ~inb
     if bad.any() and (not check_bounds or state.strict):
         why = ("check_bounds=False promises in-bounds indices" if not check_bounds
@@ -511,6 +536,7 @@ def scatter(array, indices, value, /, *, mask=None, check_bounds=True, latency=N
     values = _values_for(value, arr.dtype, shape, "ct.scatter")
     user = _user_mask(mask, shape, "ct.scatter")
     wanted = user if user is not None else np.ones(shape, bool)
+    _record("scatter", arr._a, arrays, inb, user)
     if not check_bounds and (wanted & ~inb).any():
         raise IndexError(f"ct.scatter: out-of-bounds indices {_offending(arrays, wanted & ~inb)}"
                          f" with check_bounds=False for an array of shape {arr._a.shape} "
@@ -576,6 +602,7 @@ def load_advanced_indexing(array, indices, /, *, padding_mode=ct.PaddingMode.UND
     arr = as_array(array, "ct.load_advanced_indexing")
     _check_hints(latency, allow_tma)
     arrays, inb = _advanced_index(arr, indices, "ct.load_advanced_indexing")
+    _record("load", arr._a, arrays, inb)
     sparse = [t for t in indices if isinstance(t, Tile)]
     _check_poison(_poison_of(sparse[0], sparse[0].shape), None,
                   "ct.load_advanced_indexing indices")
@@ -592,6 +619,7 @@ def store_advanced_indexing(array, indices, tile, /, *, latency=None, allow_tma=
     arr = as_array(array, "ct.store_advanced_indexing")
     _check_hints(latency, allow_tma)
     arrays, inb = _advanced_index(arr, indices, "ct.store_advanced_indexing")
+    _record("store", arr._a, arrays, inb)
     if isinstance(tile, Tile) and tile.shape != inb.shape:
         raise TypeError(f"ct.store_advanced_indexing: tile shape {tile.shape} does not match the"
                         f" shape implied by the indices {inb.shape}")
@@ -674,6 +702,7 @@ def _atomic_rmw(op, array: Array, arrays, update, check_bounds, what) -> np.ndar
     for a, d in zip(arrays, array._a.shape):
         inb &= (a >= 0) & (a < d)
     shape = inb.shape
+    _record("atomic", array._a, arrays, inb)
     u = _atomic_values(op, array, update, shape, what)
     if not check_bounds and not inb.all():
         raise IndexError(f"{what}: out-of-bounds indices {_offending(arrays, ~inb)} with "
@@ -735,6 +764,7 @@ def atomic_cas(array, indices, expected, desired, /, *, check_bounds=True,
         raise TypeError(f"{what}: unsupported array dtype {arr.dtype}")
     arrays, inb = _index_arrays(arr, indices, what)
     shape = inb.shape
+    _record("atomic", arr._a, arrays, inb)
     items = indices if isinstance(indices, (tuple, list)) else (indices,)
     _check_poison(_index_poison(items, shape), None, what + " indices")
     for v, n in ((expected, "expected"), (desired, "desired")):
