@@ -1,6 +1,6 @@
 """GPU benchmark of the whole MoE layer: ``python -m moe_tutorial.bench`` (notebooks 04-05).
 
-For every layer shape of the issue's table (``presets.BENCH_SHAPES``; ``--shape T,H,E,I,K`` for
+For every layer shape of the benchmark's table (``presets.BENCH_SHAPES``; ``--shape T,H,E,I,K`` for
 others) it
 
 1. measures the two ceilings in the same run (``timing.measure_ceilings``): device-to-device
@@ -15,7 +15,7 @@ others) it
    the floor), and x floor, where floor = max(FLOPs / matmul peak, bytes / copy bandwidth) with
    bytes = weights of the experts actually used + input and output activations
    (``moe_tutorial.roofline``);
-4. ends with the issue's table plus our columns, whether each target is met, and -- from a
+4. ends with the table of all shapes, our columns, whether each target is met, and -- from a
    CUDA graph per step -- the device time of every kernel of our best variant, which says
    what limits a shape that misses.
 
@@ -70,7 +70,7 @@ time_graphs_ms = timing.graph_ms
 RECORDED_DIR = Path(__file__).resolve().parent / "recorded"
 CHECK_TOKENS = 64              # rows checked against the float64 reference
 TOL = {"float16": 3e-3, "bfloat16": 3e-2}     # relative error in norm (see tests/test_layer.py)
-TARGET_RATIO = 1.25            # the issue: within 1.25x of the floor ...
+TARGET_RATIO = 1.25            # the target: within 1.25x of the floor ...
 TARGET_MIN_FLOOR_MS = 0.4      # ... on every shape whose floor is >= 0.4 ms
 
 LABELS = {
@@ -345,7 +345,7 @@ def best_ours(row):
 
 
 def verdict(row) -> dict:
-    """The issue's targets for one row: within 1.25x of the floor when the floor is >= 0.4 ms,
+    """The targets for one row: within 1.25x of the floor when the floor is >= 0.4 ms,
     and faster than torch._grouped_mm and the sample kernels (as measured in this run)."""
     best = best_ours(row)
     out = {"best": best}
@@ -389,7 +389,7 @@ def _cell(row, key) -> str:
 
 
 def summary_table(rows, gpu: str) -> str:
-    """The issue's table with our columns, as markdown. Rows recorded before the sample peer
+    """The benchmark table with our columns, as markdown. Rows recorded before the sample peer
     was re-implemented (no ``sample_peer`` key) label their sample columns for what they were."""
     sample = "cuTile sample (re-implemented)" if all(
         r.get("sample_peer") == SAMPLE_PEER for r in rows) else \
@@ -633,7 +633,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m moe_tutorial.bench",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--shape", action="append", metavar="T,H,E,I,K",
-                        help="a layer shape (repeatable); default: the issue's 8 shapes")
+                        help="a layer shape (repeatable); default: the benchmark's 8 shapes")
     parser.add_argument("--only", action="append", metavar="TEXT",
                         help="only the shapes whose name contains TEXT (repeatable)")
     parser.add_argument("--no-peers", action="store_true",

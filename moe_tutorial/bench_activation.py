@@ -43,7 +43,7 @@ from . import device, timing
 # Problem sizes (M tokens, I intermediate width), all with M * I >= 16M elements; two widths are
 # not powers of two and one M is odd.
 SIZES = [(8192, 2048), (16384, 2048), (12288, 1408), (4099, 5000), (65536, 256)]
-TARGET_COPY_FRACTION = 0.85      # the target at M * I >= 16M, float16
+TARGET_COPY_FRACTION = 0.85      # the target at M * I >= 16M, float16
 
 # Tile shapes of 512, 1024 and 2048 elements (the sweep of the notebook's plot adds 4096).
 TILES_512 = [(1, 512), (2, 256)]

@@ -22,7 +22,7 @@ launch-overhead microbenchmark (host time of ``ct.launch`` with 3 and 12 argumen
 ``moe_tutorial.launch``, of ``cupy.empty`` and of a slice) -- the floor of any eager call.
 ``--sweep`` times each tuning constant of ``moe_tutorial.routing`` (graph time, results checked).
 
-Targets from the issue (T=4096, K=8, E=128 on an H100): align <= 25 us, router <= 15 us,
+Targets (T=4096, K=8, E=128 on an H100): align <= 25 us, router <= 15 us,
 judged on the graph time. Measured, not asserted. Range validation (a host sync) is off for
 timing (``validate=False``). Every measurement is wrapped: a failure prints an ERROR row and
 the run goes on.

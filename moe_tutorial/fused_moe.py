@@ -35,9 +35,10 @@ kernel-level compiler hints of ``TileConfig`` (``occupancy``, ``num_ctas``) plus
 hint on the weight loads, which ``moe_tutorial.tuning`` autotunes per GPU, and the *slot-order*
 variant of every GEMM (``SORTED``; ``fused_moe_matmul(sorted_rows=True)``): ``permute_rows``
 first copies each replica's token row to its slot of the alignment, so A is read as rectangular
-``ct.load`` tiles (TMA) and C written with ``ct.store`` -- on an H100 the prefill GEMMs ran
-2-4x faster than with row gathers and scatters; ``moe_sum(positions=...)`` reads the result
-back in token order.
+``ct.load`` tiles (TMA) and C written with ``ct.store`` (on an H200, at 128x128x64 tiles,
+Mixtral prefill's GEMM1 ran 1.3x faster than with pipelined row gathers, the others within
+about 10% either way: notebook 05); ``moe_sum(positions=...)`` reads the result back in token
+order.
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def block_replicas(sorted_token_ids, pid_m, TILE_M):
     """The ``TILE_M`` replica ids of m-block ``pid_m``, read with ``ct.gather`` into registers.
 
     Not ``ct.load(sorted_token_ids, (pid_m,), shape=(TILE_M,))``, although it reads the same
-    values: the compiler issues that load as a TMA bulk copy into shared memory, and a gather
+    values: the compiler turns that load into a TMA bulk copy into shared memory, and a gather
     whose row indices come from there is no longer pipelined (sm_90: 8 instead of 40 cp.async
     copies and 16 instead of 40 wgmma in the code, twice the instructions); the GEMM ran 4-5x
     slower on an H200 (notebook 03 measures both)."""
@@ -87,8 +88,7 @@ def a_tile(A, pid_m, kt, a_rows, valid, TILE_M, TILE_K, SORTED):
     SORTED=False: row i is ``A[a_rows[i]]``, gathered row by row (``ct.gather``).
     SORTED=True: A already holds the rows in slot order (``permute_rows`` wrote them, or the
     previous GEMM did), so the tile is a plain rectangle: one ``ct.load``, which the compiler
-    can issue as a TMA bulk copy and pipeline -- on an H100 this made the prefill GEMMs 2-4x
-    faster (notebook 05)."""
+    can turn into a TMA bulk copy and pipeline (notebook 05 compares the two layouts)."""
     if SORTED:
         return ct.load(A, (pid_m, kt), shape=(TILE_M, TILE_K), padding_mode=ct.PaddingMode.ZERO)
     k_idx = kt * TILE_K + ct.arange(TILE_K, dtype=ct.int32)
@@ -421,7 +421,7 @@ def default_tile_config(num_tokens: int, top_k: int, num_experts: int,
       accumulator and double-buffered operands fit comfortably).
     * float32 operands are twice the bytes: ``tile_k`` is halved.
     * ``group_size_m`` 8, as in Triton's matmul tutorial.
-    Notebook 05 / issue 6 autotunes these per GPU; this rule is the fallback."""
+    Notebook 05 autotunes these per GPU; this rule is the fallback."""
     per_expert = num_tokens * top_k / max(num_experts, 1)
     tile_m = 16 if per_expert <= 16 else 32 if per_expert <= 32 else 64
     tile_n, tile_k = rule_tiles(tile_m, dtype)

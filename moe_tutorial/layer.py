@@ -20,7 +20,8 @@ Notebook 05's speed-ups are options of the same layer:
 - rows in slot order (``LayerConfig.sorted_rows``, on by default): one ``permute_rows`` launch
   copies each replica's token row to its slot of the alignment, every intermediate keeps that
   order, and the GEMMs load and store rectangular tiles instead of gathering and scattering
-  rows (2-4x faster prefill GEMMs on an H100); the top-k sum finds each replica's row through
+  rows (what that buys depends on the GEMM: notebook 05 prints a recorded comparison); the
+  top-k sum finds each replica's row through
   ``positions``. ``sorted_rows=False`` is notebook 04's layer.
 
 Two baselines for comparison live here too: ``moe_forward_expert_loop`` (a plain per-expert loop

@@ -10,7 +10,7 @@ the CPU emulator runs it in seconds.
 activation stays O(1) in float16, router logits ~ N(0, 1) (float32), and for DeepSeek-V3's
 router a small correction bias ~ N(0, 0.01^2).
 
-``BENCH_SHAPES`` are the layers of the performance issue's table (``LayerShape``: a preset and a
+``BENCH_SHAPES`` are the layers of the benchmark's table (``LayerShape``: a preset and a
 token count), ``shape_from_spec("T,H,E,I,K")`` makes one from the command line.
 """
 from __future__ import annotations
@@ -109,7 +109,7 @@ class LayerShape:
 
     @property
     def dims(self) -> tuple[int, int, int, int, int]:
-        """``(T, H, E, I, K)``, the issue's notation."""
+        """``(T, H, E, I, K)``, the benchmark's notation."""
         p = self.preset
         return self.tokens, p.hidden, p.experts, p.intermediate, p.top_k
 
@@ -119,7 +119,7 @@ def _shape(name: str, phase: str) -> LayerShape:
     return LayerShape(f"{name} {phase}", p, p.tokens(phase))
 
 
-# The issue's table of layers to beat, in its order (T, H, E, I, K).
+# The benchmark's table of layers to beat, in order (T, H, E, I, K).
 BENCH_SHAPES = (
     LayerShape("cutile_sample", PRESETS["cutile_sample"], 48),
     LayerShape("bench_moe_e16", BENCH_MOE_PRESETS["bench_moe_e16"], 110),

@@ -27,7 +27,7 @@ DRAM as in a real model) over a short list of candidates per shape class:
 
 * ``tile_m`` 64 and 128 (16 and 64 when experts see ~1 token): one alignment feeds both GEMMs,
   so ``tile_m`` is chosen for the pair -- the fastest SwiGLU-fused GEMM1 + GEMM2. On an H100
-  the issue-5 default of 16-row blocks streamed decode weights at ~1.1 TB/s where 128-row blocks
+  the default rule's 16-row blocks streamed decode weights at ~1.1 TB/s where 128-row blocks
   reach ~2.7 TB/s (the MMA work wasted on padding rows is free while memory is the limit);
 * memory-bound GEMMs (fewer than 64 tokens per expert) try tiles that keep many weight bytes
   in flight, the ``latency`` hint and two-block clusters; compute-bound ones try bigger output
@@ -260,7 +260,7 @@ def write_table(path, gpu: str, entries: list[dict], *, command: str = "") -> No
 # The search space
 # ---------------------------------------------------------------------------------------------
 
-# (tile_n, tile_k, other TileConfig fields). Measured on an H100 (issue 5's benchmark): blocks of
+# (tile_n, tile_k, other TileConfig fields). Measured on an H100 (the layer benchmark): blocks of
 # 16 token rows ran decode layers at ~1.1 TB/s where the cuTile sample's 128x128x64 tiles reached
 # ~2.7 TB/s -- big tiles get the compiler's TMA + warpgroup-MMA pipeline, and wasting MMA work
 # on padding rows is free while the weights stream. So tile_m 64/128 is tried for every shape
