@@ -558,7 +558,7 @@ def run(shapes, *, peers=True, jobs=0, budget_s=280.0, json_path=None, plot_path
     budget = Budget(budget_s)
     gpu = _gpu_name(cp)
     torch, why = torch_available()
-    table = tuning.table_path(gpu)
+    table = tuning.table_path()          # this GPU's table, or one of its architecture
     log(f"{gpu}; cuda-tile {ct.__version__}; torch: {torch.__version__ if torch else why}; "
         f"tuned table: {table if table and table.exists() else 'none (default tile rule)'}")
     warm_in_parallel("bench", shapes, jobs, min(150.0, 0.55 * budget_s), log)
