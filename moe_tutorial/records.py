@@ -136,12 +136,9 @@ def activation_bandwidth(M: int = 8192, I: int = 2048) -> dict:
 def layer_profiles(xp) -> dict:
     """Notebook 04: measured ceilings, each step's median GPU time for three models in decode
     and prefill, each GEMM's achieved TFLOP/s, and the layer against two simple baselines."""
-    from cupyx.profiler import benchmark
-
     from . import layer, presets, roofline, routing, timing
 
-    def median_ms(fn, n=30):
-        return float(np.median(benchmark(fn, n_repeat=n, n_warmup=3).gpu_times[0])) * 1e3
+    median_ms = timing.median_ms
 
     bandwidth, peak = timing.measure_ceilings(xp)
     steps, points, baselines = {}, [], []
@@ -178,7 +175,7 @@ def layer_profiles(xp) -> dict:
                 "shape": f"{name} {phase}",
                 "moe_forward": median_ms(lambda: layer.moe_forward(*a, pr.top_k,
                                                                    **pr.router_kwargs())),
-                "cupy_loop": median_ms(lambda: layer.moe_forward_expert_loop(*a[:3], w, ids), n=5),
+                "cupy_loop": median_ms(lambda: layer.moe_forward_expert_loop(*a[:3], w, ids), n_repeat=5),
                 "host_aligned": median_ms(
                     lambda: layer.moe_forward_host_aligned(*a[:3], w, ids), n=5),
                 "floor": roofline.roofline_floor_ms(fl, by, peak, bandwidth)})
@@ -191,12 +188,9 @@ def gemm_layouts(xp, tile_m: int = 128, tile_n: int = 128, tile_k: int = 64) -> 
     """Notebook 05: one expert GEMM alone with rows gathered and in slot order, same tiles
     (Qwen3-30B-A3B and Mixtral-8x7B prefill, GEMM1 and GEMM2), and ``permute_rows``' device
     time for the three big prefills."""
-    from cupyx.profiler import benchmark
-
     from . import fused_moe, presets, routing
 
-    def median_ms(fn):
-        return float(np.median(benchmark(fn, n_repeat=20, n_warmup=3).gpu_times[0])) * 1e3
+    from .timing import median_ms
 
     rng = np.random.default_rng(3)
     tile = fused_moe.TileConfig(tile_m=tile_m, tile_n=tile_n, tile_k=tile_k)
