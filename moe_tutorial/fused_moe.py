@@ -76,8 +76,8 @@ def block_replicas(sorted_token_ids, pid_m, TILE_M):
     Not ``ct.load(sorted_token_ids, (pid_m,), shape=(TILE_M,))``, although it reads the same
     values: the compiler turns that load into a TMA bulk copy into shared memory, and a gather
     whose row indices come from there is no longer pipelined (sm_90: 8 instead of 40 cp.async
-    copies and 16 instead of 40 wgmma in the code, twice the instructions); the GEMM ran 4-5x
-    slower on an H200 (notebook 03 measures both)."""
+    copies and 16 instead of 40 wgmma in the code, twice the instructions); on an H200 the
+    prefill GEMMs ran 3.5-4.6x slower that way (notebook 03 prints the recorded times)."""
     return ct.gather(sorted_token_ids, pid_m * TILE_M + ct.arange(TILE_M, dtype=ct.int32))
 
 
