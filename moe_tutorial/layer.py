@@ -24,9 +24,8 @@ Notebook 05's speed-ups are options of the same layer:
   top-k sum finds each replica's row through
   ``positions``. ``sorted_rows=False`` is notebook 04's layer.
 
-Two baselines for comparison live here too: ``moe_forward_expert_loop`` (a plain per-expert loop
-with array-library matmuls) and ``moe_forward_host_aligned`` (the cuTile sample's structure:
-alignment by a Python loop over experts on the host, then the GEMM kernels).
+A baseline for comparison lives here too: ``moe_forward_expert_loop`` (a plain per-expert loop
+with array-library matmuls); NVIDIA's cuTile sample, re-implemented, is ``sample_peer``.
 """
 from __future__ import annotations
 
@@ -35,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import activation, arguments, device, reference, routing, tuning
+from . import activation, arguments, device, routing, tuning
 from .fused_moe import (LayerConfig, TileConfig, default_tile_config, fused_moe_matmul, moe_sum,
                         permute_rows)
 
@@ -349,47 +348,6 @@ def moe_forward_expert_loop(hidden_states, w1, w2, topk_weights, topk_ids):
         y = (a @ w2[e].T).astype(xp.float32) * flat_w[replicas, None]
         xp.add.at(out, tokens, y)           # a token may list the same expert twice
     return out.astype(hidden_states.dtype)
-
-
-SAMPLE_TILES = TileConfig(128, 128, 64, 8)
-"""The tiles cuTile's ``samples/MoE.py`` launches with (for the sample-style baseline)."""
-
-
-def host_align(topk_ids, num_experts: int, tile_m: int):
-    """The cuTile sample's alignment: copy the routing to the host, group the replicas with a
-    Python loop over experts (``reference.align``) and copy the result back. Returns
-    ``(sorted_token_ids, expert_ids)`` on the device of ``topk_ids`` (a host sync)."""
-    xp = device.array_module(topk_ids)
-    sorted_ids, expert_ids, _ = reference.align(device.to_numpy(topk_ids), num_experts, tile_m)
-    return xp.asarray(sorted_ids), xp.asarray(expert_ids)
-
-
-def moe_forward_aligned(hidden_states, w1, w2, topk_weights, topk_ids, sorted_token_ids,
-                        expert_ids, *, config: TileConfig | None = None):
-    """The layer's kernels after routing and alignment: GEMM1, ``silu_and_mul``, GEMM2 and the
-    top-k sum (``sorted_token_ids``/``expert_ids`` aligned with ``config.tile_m``). The
-    benchmark times this as "sample kernels, alignment excluded"."""
-    T, K = topk_ids.shape
-    cfg = config or default_tile_config(T, K, w1.shape[0], hidden_states.dtype)
-    cache1 = fused_moe_matmul(hidden_states, w1, sorted_token_ids, expert_ids, top_k=K,
-                              config=cfg, validate=False)
-    cache2 = activation.silu_and_mul(cache1)
-    cache3 = fused_moe_matmul(cache2, w2, sorted_token_ids, expert_ids, top_k=1,
-                              topk_weights=topk_weights, mul_routed_weight=True, config=cfg,
-                              validate=False)
-    return moe_sum(cache3, topk_ids, w1.shape[0], validate=False)
-
-
-def moe_forward_host_aligned(hidden_states, w1, w2, topk_weights, topk_ids, *,
-                             config: TileConfig | None = None):
-    """The cuTile sample's structure: alignment on the host (``host_align``), then the same
-    GEMM/activation/sum kernels as ``moe_forward``. The host round trip is what
-    ``routing.align`` removes."""
-    T, K = topk_ids.shape
-    cfg = config or default_tile_config(T, K, w1.shape[0], hidden_states.dtype)
-    sorted_ids, expert_ids = host_align(topk_ids, w1.shape[0], cfg.tile_m)
-    return moe_forward_aligned(hidden_states, w1, w2, topk_weights, topk_ids, sorted_ids,
-                               expert_ids, config=cfg)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -135,8 +135,9 @@ def activation_bandwidth(M: int = 8192, I: int = 2048) -> dict:
 
 def layer_profiles(xp) -> dict:
     """Notebook 04: measured ceilings, each step's median GPU time for three models in decode
-    and prefill, each GEMM's achieved TFLOP/s, and the layer against two simple baselines."""
-    from . import layer, presets, roofline, routing, timing
+    and prefill, each GEMM's achieved TFLOP/s, and the layer against two baselines (a CuPy per-expert loop, the re-implemented
+    cuTile sample with its host alignment)."""
+    from . import layer, presets, roofline, routing, sample_peer, timing
 
     median_ms = timing.median_ms
 
@@ -175,9 +176,10 @@ def layer_profiles(xp) -> dict:
                 "shape": f"{name} {phase}",
                 "moe_forward": median_ms(lambda: layer.moe_forward(*a, pr.top_k,
                                                                    **pr.router_kwargs())),
-                "cupy_loop": median_ms(lambda: layer.moe_forward_expert_loop(*a[:3], w, ids), n_repeat=5),
-                "host_aligned": median_ms(
-                    lambda: layer.moe_forward_host_aligned(*a[:3], w, ids), n=5),
+                "cupy_loop": median_ms(
+                    lambda: layer.moe_forward_expert_loop(*a[:3], w, ids), n_repeat=5),
+                "sample_peer": median_ms(
+                    lambda: sample_peer.moe_forward(*a[:3], w, ids), n_repeat=5),
                 "floor": roofline.roofline_floor_ms(fl, by, peak, bandwidth)})
             del prob, a
     return {"copy_gbs": bandwidth, "matmul_tflops": peak, "step_ms": steps, "gemms": points,

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from moe_tutorial import device, layer, presets
+from moe_tutorial import device, layer, presets, sample_peer
 from moe_tutorial import reference as ref
 from moe_tutorial.fused_moe import LayerConfig, TileConfig, default_tile_config
 
@@ -202,13 +202,13 @@ def test_no_tokens(xp):
 
 
 def test_baselines_agree(xp, rng):
-    """The per-expert loop and the host-aligned (sample-style) path compute the same layer."""
+    """The per-expert loop and the re-implemented cuTile sample compute the same layer."""
     x, w1, w2, logits = _problem(xp, rng, 11, 32, 6, 24, "float32")
     weights, ids = ref.topk_softmax(logits, 2, renormalize=True)
     want = ref.moe_forward(x, w1, w2, None, 2, topk_weights=weights, topk_ids=ids)
     args = [xp.asarray(a) for a in (x, w1, w2, weights.astype(np.float32), ids)]
     _assert_close(layer.moe_forward_expert_loop(*args), want, "float32")
-    _assert_close(layer.moe_forward_host_aligned(*args), want, "float32")
+    _assert_close(sample_peer.moe_forward(*args), want, "float32")
 
 
 def test_validate_checks_values(xp):
@@ -389,20 +389,6 @@ def test_a_broken_tuned_table_falls_back_with_a_warning(xp, rng, tmp_path, monke
         got = layer.moe_forward(xp.asarray(x), xp.asarray(w1), xp.asarray(w2),
                                 xp.asarray(logits), 2)
     _assert_close(got, ref.moe_forward(x, w1, w2, logits, 2), "float32")
-
-
-def test_sample_style_baselines_with_the_sample_tiles(xp, rng):
-    """The sample-style peers of the benchmark: host alignment + kernels with 128x128x64 tiles,
-    and the kernels alone on a precomputed alignment."""
-    x, w1, w2, logits = _problem(xp, rng, 10, 48, 4, 40, "float32")
-    weights, ids = ref.topk_softmax(logits, 2, renormalize=True)
-    want = ref.moe_forward(x, w1, w2, None, 2, topk_weights=weights, topk_ids=ids)
-    a = [xp.asarray(v) for v in (x, w1, w2, weights.astype(np.float32), ids)]
-    _assert_close(layer.moe_forward_host_aligned(*a, config=layer.SAMPLE_TILES), want, "float32")
-    sorted_ids, expert_ids = layer.host_align(a[4], 4, layer.SAMPLE_TILES.tile_m)
-    assert device.array_module(sorted_ids) is xp
-    _assert_close(layer.moe_forward_aligned(*a, sorted_ids, expert_ids,
-                                            config=layer.SAMPLE_TILES), want, "float32")
 
 
 def test_capture_needs_the_gpu_and_no_host_sync():
