@@ -174,19 +174,32 @@ def current_arch() -> str | None:
     if not device.gpu_status()[0]:
         return None
     import cupy as cp
-    return "sm_" + cp.cuda.Device().compute_capability
+    return _device_arch(cp.cuda.Device().id)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_arch(device_id: int) -> str:
+    import cupy as cp
+    return "sm_" + cp.cuda.Device(device_id).compute_capability
 
 
 def nearest_table(gpu: str, arch: str | None) -> Path | None:
-    """The table of another GPU of architecture ``arch`` (first by file name), announced once."""
+    """The table of another GPU of architecture ``arch`` (first by file name), announced once.
+    The choice is made once per process (``moe_forward`` asks on every call)."""
+    path = _nearest_table(arch)
+    if path is not None and gpu not in _warned:
+        _warned.add(gpu)
+        print(f"moe_tutorial: no tuned tile table for {gpu}; using the one tuned on "
+              f"{load_table(path)[0]['gpu']} (same architecture, {arch}). "
+              f"`python -m moe_tutorial.bench --tune` makes one for this GPU.")
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def _nearest_table(arch: str | None) -> Path | None:
     for path in sorted(CONFIG_DIR.glob("*.json")):
         loaded = load_table(path)
         if loaded is not None and arch is not None and loaded[0].get("arch") == arch:
-            if gpu not in _warned:
-                _warned.add(gpu)
-                print(f"moe_tutorial: no tuned tile table for {gpu}; using the one tuned on "
-                      f"{loaded[0]['gpu']} (same architecture, {arch}). "
-                      f"`python -m moe_tutorial.bench --tune` makes one for this GPU.")
             return path
     return None
 
