@@ -44,6 +44,7 @@ import cuda.tile as ct
 
 from . import device
 from .fused_moe import swizzle_2d
+from .routing import next_power_of_2
 
 SAMPLE_TILES = (128, 128, 64)        # TILE_M, TILE_N, TILE_K of the sample's launches
 GROUP_SIZE_M = 8                     # the sample's swizzle group
@@ -110,14 +111,10 @@ def topk_sum(y):
     xp = device.array_module(y)
     T, K, H = y.shape
     out = xp.empty((T, H), dtype=y.dtype)
-    tile_t, tile_h = 16, min(256, _next_pow2(H))
+    tile_t, tile_h = 16, min(256, next_power_of_2(H))
     device.launch((ct.cdiv(T, tile_t), ct.cdiv(H, tile_h)), topk_sum_kernel,
                   (y, out, K, tile_t, tile_h))
     return out
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
 
 
 def _check_tiles(tiles):
@@ -172,7 +169,7 @@ def silu_and_mul(x, out):
     """``out (M, I) = silu(x[:, :I]) * x[:, I:]`` with the sample's one-row-per-block kernel."""
     I = out.shape[1]
     device.launch((x.shape[0],), sample_silu_and_mul_kernel,
-                  (x[:, :I], x[:, I:], out, _next_pow2(I)))
+                  (x[:, :I], x[:, I:], out, next_power_of_2(I)))
 
 
 def _check(hidden_states, w1, w2, topk_weights, topk_ids, tiles):
@@ -232,7 +229,7 @@ def compile_cases():
     return [(f"sample_gemm{1 + mul}_float16", sample_gemm_kernel,
              gemm + [mul, *SAMPLE_TILES, GROUP_SIZE_M]) for mul in (False, True)] + \
         [("sample_silu_and_mul_float16", sample_silu_and_mul_kernel,
-          [array(f16, 2), array(f16, 2), array(f16, 2), _next_pow2(768)]),
+          [array(f16, 2), array(f16, 2), array(f16, 2), next_power_of_2(768)]),
          ("sample_topk_sum_float16", topk_sum_kernel, [array(f16, 3), array(f16, 2), 8, 16, 256])]
 
 

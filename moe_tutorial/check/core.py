@@ -14,6 +14,7 @@ import traceback
 import numpy as np
 
 from .. import device
+from ..routing import next_power_of_2 as pow2  # noqa: F401 (the checkers use it)
 
 #: Written into integer outputs before a kernel runs: an element that still holds it was never
 #: written.
@@ -318,6 +319,3 @@ def matches(got, candidates: dict, rtol: float = 1e-5, atol: float = 1e-6) -> st
     return None
 
 
-def pow2(n: int) -> int:
-    """The smallest power of two >= n."""
-    return 1 << max(0, int(n) - 1).bit_length()
