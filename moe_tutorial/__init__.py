@@ -24,8 +24,8 @@ from .activation import silu_and_mul, silu_and_mul_reference
 
 # Notebooks 03-04: the fused gather/scatter matmul and the whole layer.
 from . import fused_moe, layer, presets, reference
-from .fused_moe import (LayerConfig, TileConfig, default_tile_config, fused_moe_matmul, moe_sum,
-                        permute_rows)
+from .fused_moe import (LayerConfig, TileConfig, default_layer_config, default_tile_config,
+                        fused_moe_matmul, moe_sum, permute_rows)
 from .layer import moe_forward
 
 # Every notebook: a picture of what each block of a kernel read and wrote (CPU emulator).
@@ -38,7 +38,8 @@ __all__ = ["device", "emulator", "array_module", "backend", "describe", "get_xp"
            "topk_softmax", "topk_softmax_reference",
            "activation", "silu_and_mul", "silu_and_mul_reference",
            "fused_moe", "layer", "presets", "reference", "TileConfig", "default_tile_config",
-           "LayerConfig", "fused_moe_matmul", "moe_sum", "permute_rows", "moe_forward",
+           "default_layer_config", "LayerConfig", "fused_moe_matmul", "moe_sum", "permute_rows",
+           "moe_forward",
            "Trace", "trace"]
 
 

@@ -34,6 +34,8 @@ import cuda.tile as ct
 
 from . import arguments, device, reference
 
+FN = "silu_and_mul"     # the name argument errors start with
+
 ConstInt = ct.Constant[int]
 ConstBool = ct.Constant[bool]
 ZERO = ct.PaddingMode.ZERO
@@ -187,16 +189,19 @@ def _prepare(x, out):
     """Validate ``x`` and ``out``; return ``(xp, x, out, M, I)`` ready for a launch."""
     xp = device.array_module(x)
     if not (isinstance(x, np.ndarray) or device.is_gpu_array(x)):
-        raise TypeError(f"x must be a NumPy or CuPy array, got {type(x).__name__}")
+        arguments.fail(FN, TypeError, f"x must be a NumPy or CuPy array, got {type(x).__name__}")
     if x.ndim != 2:
-        raise ValueError(f"x must be 2-D with shape (M, 2*I) (gate half, then up half); "
-                         f"got shape {tuple(x.shape)}")
+        arguments.fail(FN, ValueError,
+                       f"x must be 2-D with shape (M, 2*I) (gate half, then up half); "
+                       f"got shape {tuple(x.shape)}")
     if x.shape[1] % 2:
-        raise ValueError(f"x's last dimension must be even (gate and up halves of width I); "
-                         f"got shape {tuple(x.shape)}")
+        arguments.fail(FN, ValueError,
+                       f"x's last dimension must be even (gate and up halves of width I); "
+                       f"got shape {tuple(x.shape)}")
     dtypes = _supported_dtypes(xp)
     if x.dtype not in dtypes:
-        raise TypeError(f"x.dtype must be one of {[str(d) for d in dtypes]}, got {x.dtype}")
+        arguments.fail(FN, TypeError,
+                       f"x.dtype must be one of {[str(d) for d in dtypes]}, got {x.dtype}")
     M, I = x.shape[0], x.shape[1] // 2
     if x.size and not _usable_strides(x):   # e.g. a reversed view: cuTile needs strides >= 0
         x = xp.ascontiguousarray(x)
@@ -205,18 +210,20 @@ def _prepare(x, out):
         return xp, x, xp.empty((M, I), dtype=x.dtype), M, I
     same_kind = device.is_gpu_array(out) if xp is not np else isinstance(out, np.ndarray)
     if not same_kind:
-        raise TypeError(f"out must be a {xp.__name__} array like x, got {type(out).__name__}")
+        arguments.fail(FN, TypeError,
+                       f"out must be a {xp.__name__} array like x, got {type(out).__name__}")
     if xp is not np and out.device != x.device:
-        raise ValueError(f"out is on {out.device} but x is on {x.device}")
+        arguments.fail(FN, ValueError, f"out is on {out.device} but x is on {x.device}")
     if tuple(out.shape) != (M, I):
-        raise ValueError(f"out must have shape (M, I) = {(M, I)} for x of shape "
-                         f"{tuple(x.shape)}; got {tuple(out.shape)}")
+        arguments.fail(FN, ValueError, f"out must have shape (M, I) = {(M, I)} for x of shape "
+                                       f"{tuple(x.shape)}; got {tuple(out.shape)}")
     if out.dtype not in dtypes:
-        raise TypeError(f"out.dtype must be one of {[str(d) for d in dtypes]}, got {out.dtype}")
+        arguments.fail(FN, TypeError,
+                       f"out.dtype must be one of {[str(d) for d in dtypes]}, got {out.dtype}")
     if out.size and (not _usable_strides(out)
                      or any(s == 0 and n > 1 for s, n in zip(out.strides, out.shape))):
-        raise ValueError(f"out must have positive strides that are whole elements; "
-                         f"got strides {out.strides} (bytes)")
+        arguments.fail(FN, ValueError, f"out must have positive strides that are whole elements; "
+                                       f"got strides {out.strides} (bytes)")
     arguments.require_out(None, "out", out, out.shape, out.dtype, (("x", x),))
     return xp, x, out, M, I
 
@@ -236,11 +243,12 @@ def _check_hint(name: str, value, low: int, high: int, power_of_two: bool = Fals
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be None or an int, got {value!r}")
+        arguments.fail(FN, TypeError, f"{name} must be None or an int, got {value!r}")
     value = int(value)
     if not low <= value <= high or (power_of_two and value & (value - 1)):
         kind = "a power of two" if power_of_two else "an int"
-        raise ValueError(f"{name} must be None or {kind} in [{low}, {high}], got {value}")
+        arguments.fail(FN, ValueError,
+                       f"{name} must be None or {kind} in [{low}, {high}], got {value}")
     return value
 
 
@@ -309,8 +317,9 @@ def plan_launch(x, out=None, *, tile_m=None, tile_n=None, approx_div=None, flush
     for name, value in (("allow_tma", allow_tma), ("approx_div", approx_div),
                         ("split_tail", split_tail)):
         if not isinstance(value, (bool, np.bool_)) and not (value is None and name != "allow_tma"):
-            raise TypeError(f"{name} must be a bool{'' if name == 'allow_tma' else ' or None'}, "
-                            f"got {value!r}")
+            arguments.fail(FN, TypeError,
+                           f"{name} must be a bool{'' if name == 'allow_tma' else ' or None'}, "
+                           f"got {value!r}")
     user_m = None if tile_m is None else _check_tile("tile_m", tile_m)
     user_n = None if tile_n is None else _check_tile("tile_n", tile_n)
     if M == 0 or I == 0:
@@ -329,8 +338,9 @@ def plan_launch(x, out=None, *, tile_m=None, tile_n=None, approx_div=None, flush
         tm, tn = auto_m if tm is None else tm, auto_n if tn is None else tn
         grid = (-(-M // tm), -(-width // tn), 1)
         if grid[1] > MAX_GRID_Y:
-            raise ValueError(f"tile_n={tn} gives {grid[1]} column tiles, more than the grid "
-                             f"allows ({MAX_GRID_Y}); use a larger tile_n")
+            arguments.fail(FN, ValueError,
+                           f"tile_n={tn} gives {grid[1]} column tiles, more than the grid "
+                           f"allows ({MAX_GRID_Y}); use a larger tile_n")
         args = (x[:, start:start + width], x[:, I + start:I + start + width],
                 out[:, start:start + width], tm, tn, approx, bool(flush_to_zero),
                 latency or 0, bool(allow_tma))

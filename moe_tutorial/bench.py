@@ -57,7 +57,7 @@ from pathlib import Path
 
 from . import autotune, device, layer, presets, sample_peer, timing, tuning
 from . import reference as ref
-from .fused_moe import LayerConfig, default_tile_config
+from .fused_moe import LayerConfig, default_layer_config
 # the cost model, the roofline and the timers live in their own modules; these names stay
 # importable from here (notebooks 04-05 use them as ``bench.<name>``)
 from .roofline import (floor_guess_ms, gemm_costs, intermediate_bytes, layer_cost,  # noqa: F401
@@ -75,6 +75,8 @@ TARGET_MIN_FLOOR_MS = 0.4      # ... on every shape whose floor is >= 0.4 ms
 
 LABELS = {
     "graph_fused": "ours: fused SwiGLU, CUDA graph",
+    "graph_default": "ours: default tile rule, fused SwiGLU, CUDA graph",
+    "graph_default_unfused": "ours: default tile rule, unfused, CUDA graph",
     "fused": "ours: tuned + fused SwiGLU (eager)",
     "tuned": "ours: tuned tiles, unfused (eager)",
     "gather": "ours: notebook-04 layer, rows gathered in the GEMMs (eager)",
@@ -87,8 +89,9 @@ LABELS = {
     "cupy_loop": "CuPy per-expert loop (routing given)",
 }
 SAMPLE_PEER = "re-implemented"   # rows' "sample_peer": the peers are moe_tutorial.sample_peer
-OURS = ("graph_fused", "fused", "tuned", "default", "graph", "gather", "fused_tb")
-FUSED = ("graph_fused", "fused", "fused_tb")     # variants with the SwiGLU epilogue
+OURS = ("graph_fused", "fused", "tuned", "default", "graph", "gather", "fused_tb",
+        "graph_default", "graph_default_unfused")
+FUSED = ("graph_fused", "fused", "fused_tb", "graph_default")   # with the SwiGLU epilogue
 PEERS = ("sample_kernels", "torch", "sample_e2e", "cupy_loop")
 
 
@@ -169,16 +172,18 @@ class Budget:
 def _configs(shape, dtype="float16"):
     """(default, tuned unfused, tuned fused) LayerConfigs; tuned ones may equal the default."""
     T, H, E, I, K = shape.dims
-    default = LayerConfig.of(default_tile_config(T, K, E, dtype))
+    default = default_layer_config(T, H, E, I, K, dtype)
     tuned = tuning.lookup(T, H, E, I, K, dtype) or default
-    fused = tuning.lookup(T, H, E, I, K, dtype, fused_swiglu=True) or default
+    fused = (tuning.lookup(T, H, E, I, K, dtype, fused_swiglu=True)
+             or default_layer_config(T, H, E, I, K, dtype, fused_swiglu=True))
     return default, tuned, fused
 
 
 def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = False,
-                budget: Budget | None = None, log=_print) -> dict:
+                budget: Budget | None = None, variants=None, log=_print) -> dict:
     """Benchmark one layer shape; returns its row (see ``run``). ``warm_only``: run every
-    kernel variant once (compiling it) and return, no timing or checks."""
+    kernel variant once (compiling it) and return, no timing or checks. ``variants``: only
+    these keys of ``LABELS`` (default: all)."""
     import cupy as cp
     budget = budget or Budget(1e9)
     T, H, E, I, K = shape.dims
@@ -188,6 +193,7 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
     kw = dict(e_score_correction_bias=prob.get("e_score_correction_bias"), **p.router_kwargs())
     weights, ids = tuning.route(shape, prob)
     default, tuned, fused = _configs(shape)
+    default_fused = default_layer_config(T, H, E, I, K, "float16", fused_swiglu=True)
     sample_align = {}
 
     def sample_aligned():
@@ -212,9 +218,13 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
                                                                     weights, ids)),
     }
     if warm_only:
-        for key in ("fused", "tuned", "default", "gather", "fused_tb", "sample_kernels"):
+        warm = [makers[k]() for k in ("fused", "tuned", "default", "gather", "fused_tb",
+                                      "sample_kernels")]
+        warm.append(lambda: layer.moe_forward(*args, K, config=default_fused,
+                                              fused_swiglu=True, **kw))
+        for fn in warm:
             try:
-                makers[key]()()
+                fn()
             except Exception:  # noqa: BLE001 - the timing run reports it
                 pass
         cp.cuda.Device().synchronize()
@@ -227,7 +237,8 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
     row = {"shape": shape.name, "dims": [T, H, E, I, K], "experts_used": used, "flops": flops,
            "bytes": nbytes, "floor_ms": floor, "variants": {},
            "configs": {"default": _cfg_names(default), "tuned": _cfg_names(tuned),
-                       "fused": _cfg_names(fused)}, "sample_peer": SAMPLE_PEER}
+                       "fused": _cfg_names(fused), "default_fused": _cfg_names(default_fused)},
+           "sample_peer": SAMPLE_PEER}
     n = min(T, CHECK_TOKENS)
     want = ref.moe_forward(args[0][:n], args[1], args[2], args[3][:n], K, **kw)
     bound = "memory" if nbytes / (bw * 1e9) > flops / (peak * 1e12) else "compute"
@@ -264,10 +275,13 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
         row["variants"][key] = {"skipped": why}
         log(_format_variant(key, row["variants"][key], flops, nbytes, floor))
 
-    order = ["graph_fused", "fused", "sample_kernels", "torch", "tuned", "default",
-             "gather", "sample_e2e", "cupy_loop", "fused_tb", "graph"]
+    order = ["graph_fused", "graph_default", "graph_default_unfused", "fused", "sample_kernels",
+             "torch", "tuned", "default", "gather", "sample_e2e", "cupy_loop", "fused_tb", "graph"]
     for key in order:
-        optional = key in ("sample_e2e", "cupy_loop", "fused_tb", "graph")
+        if variants is not None and key not in variants:
+            continue
+        optional = key in ("sample_e2e", "cupy_loop", "fused_tb", "graph", "graph_default",
+                           "graph_default_unfused")
         if key in PEERS and not peers:
             skip(key, "--no-peers")
             continue
@@ -277,10 +291,12 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
         if key == "tuned" and tuned == default:
             skip(key, "no tuned table entry: same as default")
             continue
-        if key in ("graph_fused", "graph"):
+        if key.startswith("graph"):
             try:
-                cl = layer.capture(*args, K, config=fused if key == "graph_fused" else tuned,
-                                   fused_swiglu=key == "graph_fused", **kw)
+                cl = layer.capture(*args, K, config={"graph_fused": fused, "graph": tuned,
+                                                     "graph_default": default_fused,
+                                                     "graph_default_unfused": default}[key],
+                                   fused_swiglu=key in FUSED, **kw)
             except Exception as exc:  # noqa: BLE001
                 row["variants"][key] = {"error": f"capture failed: {type(exc).__name__}: "
                                                  f"{str(exc)[:160]}"}
@@ -310,6 +326,7 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
     if best is not None and not budget.spent(0.95):
         try:
             config = {"graph_fused": fused, "fused": fused, "graph": tuned, "tuned": tuned,
+                      "graph_default": default_fused, "graph_default_unfused": default,
                       "default": default, "fused_tb": fused.replace(transpose_b=True),
                       "gather": default.replace(sorted_rows=False)}[best]
             cl = layer.capture(*args, K, config=config, split_steps=True,
@@ -551,8 +568,8 @@ def _gpu_name(cp) -> str:
 
 
 def run(shapes, *, peers=True, jobs=0, budget_s=280.0, json_path=None, plot_path=None,
-        log=_print) -> list[dict]:
-    """The default benchmark; returns the rows."""
+        variants=None, log=_print) -> list[dict]:
+    """The default benchmark; returns the rows (``variants``: only these keys of ``LABELS``)."""
     import cupy as cp
     import cuda.tile as ct
     budget = Budget(budget_s)
@@ -570,7 +587,8 @@ def run(shapes, *, peers=True, jobs=0, budget_s=280.0, json_path=None, plot_path
             log(f"\n{shape.name}: skipped (time budget of {budget_s:.0f} s used up)")
             continue
         try:
-            rows.append(bench_shape(shape, (bw, peak), peers=peers, budget=budget, log=log))
+            rows.append(bench_shape(shape, (bw, peak), peers=peers, budget=budget,
+                                    variants=variants, log=log))
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory making the problem
             log(f"\n{shape.name}: ERROR {type(exc).__name__}: {str(exc)[:300]}")
             try:
@@ -643,6 +661,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "min(shapes, 8, CPUs/2))")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds for the whole run (default 280; 420 with --tune)")
+    parser.add_argument("--variants", metavar="KEY,KEY",
+                        help="only these variants (keys: " + ", ".join(LABELS) + ")")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="write a roofline plot")
     parser.add_argument("--tune", action="store_true",
@@ -660,6 +680,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         a.shapes = _shapes(a.shape, a.only)
     except ValueError as exc:
         parser.error(str(exc))
+    if a.variants:
+        a.variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+        unknown = sorted(set(a.variants) - set(LABELS))
+        if unknown:
+            parser.error(f"unknown variants {unknown}; known: {', '.join(LABELS)}")
     if a.jobs is None:
         a.jobs = min(len(a.shapes), 8, max(1, (os.cpu_count() or 2) // 2))
     return a
@@ -682,7 +707,7 @@ def main(argv=None) -> int:
         tune(a.shapes, out=a.out, jobs=a.jobs, budget_s=a.budget or 420.0)
     else:
         run(a.shapes, peers=not a.no_peers, jobs=a.jobs, budget_s=a.budget or 280.0,
-            json_path=a.json, plot_path=a.plot)
+            json_path=a.json, plot_path=a.plot, variants=a.variants)
     return 0
 
 

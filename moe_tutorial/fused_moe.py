@@ -408,33 +408,65 @@ def hinted(kernel, occupancy=None, num_ctas=None):
     return kernel.replace_hints(occupancy=occupancy, num_ctas=num_ctas)
 
 
-def default_tile_config(num_tokens: int, top_k: int, num_experts: int,
-                        dtype="float16") -> TileConfig:
-    """The documented default rule.
+def default_tile_config(num_tokens: int, top_k: int, num_experts: int, dtype="float16", *,
+                        depth: int | None = None, width: int | None = None) -> TileConfig:
+    """The documented default rule, for one expert GEMM (``default_layer_config`` applies it to
+    the layer's two). Derived from the tuned tables of an H100 and an H200 (notebook 05).
 
-    * ``tile_m``: an m-block holds replicas of ONE expert, so it should not be much larger than
-      the replicas per expert, ``T*K/E``: 16 up to 16 of them (decode), 32 up to 32, else 64.
-      Bigger blocks would only multiply zero padding.
-    * small ``tile_m`` (decode) is weight-bandwidth bound: ``tile_n`` 64 gives twice the blocks
-      to stream the weights, ``tile_k`` 128 moves more bytes per load;
-      ``tile_m`` 64 (prefill) is compute bound: ``tile_n`` 128, ``tile_k`` 64 (a 64x128 fp32
-      accumulator and double-buffered operands fit comfortably).
-    * float32 operands are twice the bytes: ``tile_k`` is halved.
-    * ``group_size_m`` 8, as in Triton's matmul tutorial.
-    Notebook 05 autotunes these per GPU; this rule is the fallback."""
+    * ``tile_m``: an m-block holds replicas of ONE expert; with ``T*K/E`` replicas per expert:
+      16 for about one replica each (bigger blocks would be all padding), 64 below 64 replicas
+      (the GEMMs stream weights: the MMA work on padding rows is free, and big blocks get the
+      compiler's TMA + tensor-core pipeline), else 128 (compute bound: more reuse per block).
+    * ``tile_n`` x ``tile_k``: 64x128 for 16-row blocks, 128x128 for 64 (weight bytes in flight
+      while memory is the limit), 128x64 for 128 (the cuTile sample's tiles). float32 halves
+      ``tile_k``.
+    * ``depth`` (the GEMM's K extent, if given) no deeper than ``tile_k``: one K step, so the
+      block loads all its weights at once -- it gets a wider tile instead (fewer, fuller blocks:
+      GEMM2 of 1408 narrow experts, I=32, ran 7x faster with 16x512x32 than with 16x64x32).
+      ``width`` (the output width, if given) caps ``tile_n``.
+    * ``group_size_m``: 8 (Triton's matmul tutorial) when an expert's replicas fill four or more
+      m-blocks, whose blocks then share weight tiles; else 2, so the blocks running together
+      share A rows instead (DeepSeek-V3 prefill's GEMMs ran 0.3-12% faster with 2).
+    * ``occupancy=2`` for 16-row blocks (the compiler's own choice ran them up to 1.8x slower).
+    """
     per_expert = num_tokens * top_k / max(num_experts, 1)
-    tile_m = 16 if per_expert <= 16 else 32 if per_expert <= 32 else 64
+    tile_m = 16 if per_expert <= 2 else 64 if per_expert < 64 else 128
     tile_n, tile_k = rule_tiles(tile_m, dtype)
-    return TileConfig(tile_m, tile_n, tile_k, 8)
+    if depth is not None and depth <= tile_k:
+        shallow_k = max(16, _next_pow2(depth))
+        tile_n = max(tile_n, min(2 * tile_n * tile_k // shallow_k, 8192 // tile_m))
+        tile_k = shallow_k
+    if width is not None:
+        tile_n = min(tile_n, max(16, _next_pow2(width)))
+    group = 8 if per_expert >= 4 * tile_m else 2
+    return TileConfig(tile_m, tile_n, tile_k, group, occupancy=2 if tile_m < 64 else None)
+
+
+def default_layer_config(num_tokens: int, hidden: int, num_experts: int, intermediate: int,
+                         top_k: int, dtype="float16", *, fused_swiglu: bool = False
+                         ) -> LayerConfig:
+    """``default_tile_config`` for the layer's two GEMMs (rows in slot order): GEMM1 of depth H
+    and width 2I -- half the columns when SwiGLU is fused (its two accumulators then hold what
+    the unfused one does, and a block reads the same weight rows) -- and GEMM2 of depth I,
+    width H."""
+    rule = functools.partial(default_tile_config, num_tokens, top_k, num_experts, dtype)
+    gemm1 = rule(depth=hidden, width=2 * intermediate)
+    if fused_swiglu:
+        gemm1 = dataclasses.replace(gemm1, tile_n=max(16, gemm1.tile_n // 2))
+    return LayerConfig(gemm1, rule(depth=intermediate, width=hidden))
 
 
 def rule_tiles(tile_m: int, dtype="float16") -> tuple[int, int]:
     """``(tile_n, tile_k)`` of the default rule for a given ``tile_m`` (see
     ``default_tile_config``)."""
-    tile_n, tile_k = (64, 128) if tile_m < 64 else (128, 64)
+    tile_n, tile_k = (64, 128) if tile_m < 64 else (128, 128) if tile_m < 128 else (128, 64)
     if np.dtype(dtype).itemsize >= 4:
         tile_k //= 2
     return tile_n, tile_k
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,11 +506,11 @@ def _check_slot_ids(fn, sorted_token_ids, num_replicas, tile_m, what):
     real = ids[ids < num_replicas]
     if real.size != np.unique(real).size:
         arguments.fail(fn, ValueError, f"sorted_token_ids lists a replica twice: they are not "
-                                  f"align()'s output for {what} = {num_replicas} replicas")
+                                       f"align()'s output for {what} = {num_replicas} replicas")
     if ids.size and (ids[-1] != num_replicas if tile_m > 1 else ids.size != num_replicas):
         arguments.fail(fn, ValueError, f"sorted_token_ids do not end with the sentinel {what} = "
-                                  f"{num_replicas}: they were aligned for another number of "
-                                  f"replicas (another top_k or T?)")
+                                       f"{num_replicas}: they were aligned for another number of "
+                                       f"replicas (another top_k or T?)")
 
 
 INT32_MAX = 2**31 - 1
@@ -557,33 +589,40 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
                          topk_weights=topk_weights, out=out)
     for name, x in (("a", a), ("w", w)):
         if _dtype_name(x) not in _FLOAT_DTYPES:
-            raise TypeError(f"{fn}: {name} has dtype {x.dtype}; supported: float16, float32 "
-                            f"(bfloat16 on the CPU)")
+            arguments.fail(fn, TypeError,
+                           f"{name} has dtype {x.dtype}; supported: float16, float32 "
+                           f"(bfloat16 on the CPU)")
     if a.dtype != w.dtype:
-        raise TypeError(f"{fn}: a and w must have the same dtype, got {a.dtype} and {w.dtype}")
+        arguments.fail(fn, TypeError,
+                       f"a and w must have the same dtype, got {a.dtype} and {w.dtype}")
     if a.shape[1] != w.shape[2]:
-        raise ValueError(f"{fn}: a has {a.shape[1]} columns but w is (E, N, Kd) with "
-                         f"Kd={w.shape[2]}; they must match (w has shape {tuple(w.shape)})")
+        arguments.fail(fn, ValueError,
+                       f"a has {a.shape[1]} columns but w is (E, N, Kd) with "
+                       f"Kd={w.shape[2]}; they must match (w has shape {tuple(w.shape)})")
     config = config or TileConfig()
     if not isinstance(config, TileConfig):
-        raise TypeError(f"{fn}: config must be a TileConfig, got {type(config).__name__}")
+        arguments.fail(fn, TypeError, f"config must be a TileConfig, got {type(config).__name__}")
     if sorted_token_ids.shape[0] != expert_ids.shape[0] * config.tile_m:
-        raise ValueError(f"{fn}: sorted_token_ids has {sorted_token_ids.shape[0]} entries but "
-                         f"expert_ids has {expert_ids.shape[0]} blocks of tile_m="
-                         f"{config.tile_m}; align() must be called with the same tile_m")
+        arguments.fail(fn, ValueError,
+                       f"sorted_token_ids has {sorted_token_ids.shape[0]} entries but "
+                       f"expert_ids has {expert_ids.shape[0]} blocks of tile_m="
+                       f"{config.tile_m}; align() must be called with the same tile_m")
     sorted_rows = arguments.require_bool(fn, "sorted_rows", sorted_rows)
     slots = sorted_token_ids.shape[0]
     if sorted_rows and a.shape[0] != slots:
-        raise ValueError(f"{fn}: with sorted_rows=True, a must have one row per slot of "
-                         f"sorted_token_ids ({slots}), got {a.shape[0]} rows (permute_rows() "
-                         f"makes them)")
+        arguments.fail(fn, ValueError,
+                       f"with sorted_rows=True, a must have one row per slot of "
+                       f"sorted_token_ids ({slots}), got {a.shape[0]} rows (permute_rows() "
+                       f"makes them)")
     if swiglu:
         if mul_routed_weight:
-            raise ValueError(f"{fn}: swiglu=True is GEMM1 (gate+up); the router weight belongs "
-                             f"to GEMM2 (mul_routed_weight=False here)")
+            arguments.fail(fn, ValueError,
+                           f"swiglu=True is GEMM1 (gate+up); the router weight belongs "
+                           f"to GEMM2 (mul_routed_weight=False here)")
         if w.shape[1] % 2:
-            raise ValueError(f"{fn}: swiglu=True needs w = (E, 2I, Kd) with gate and up halves; "
-                             f"its middle axis is odd ({w.shape[1]})")
+            arguments.fail(fn, ValueError,
+                           f"swiglu=True needs w = (E, 2I, Kd) with gate and up halves; "
+                           f"its middle axis is odd ({w.shape[1]})")
     xp = device.array_module(a)
     N = w.shape[1] // 2 if swiglu else w.shape[1]
     out_rows = slots if sorted_rows else a.shape[0] * top_k
@@ -596,29 +635,32 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
                           ("expert_ids", expert_ids), ("topk_weights", topk_weights)))
     if mul_routed_weight:
         if topk_weights is None:
-            raise ValueError(f"{fn}: mul_routed_weight=True needs topk_weights")
+            arguments.fail(fn, ValueError, f"mul_routed_weight=True needs topk_weights")
         if sorted_rows:
             # T*K is not known on the host here; it is at most the number of slots, and with
             # validate=True every id of sorted_token_ids must be a replica (< T*K) or the
             # sentinel (== T*K) -- checked below
             if topk_weights.size > slots:
-                raise ValueError(f"{fn}: topk_weights has {topk_weights.size} entries, more "
-                                 f"than the {slots} slots of sorted_token_ids (one per replica "
-                                 f"expected)")
+                arguments.fail(fn, ValueError,
+                               f"topk_weights has {topk_weights.size} entries, more "
+                               f"than the {slots} slots of sorted_token_ids (one per replica "
+                               f"expected)")
         elif topk_weights.size != a.shape[0] * top_k:
-            raise ValueError(f"{fn}: topk_weights has {topk_weights.size} entries, expected one "
-                             f"per replica ({a.shape[0] * top_k} = a.shape[0] * top_k)")
+            arguments.fail(fn, ValueError,
+                           f"topk_weights has {topk_weights.size} entries, expected one "
+                           f"per replica ({a.shape[0] * top_k} = a.shape[0] * top_k)")
         if np.dtype(topk_weights.dtype).kind != "f":
-            raise TypeError(f"{fn}: topk_weights must be floating point, got "
-                            f"{topk_weights.dtype}")
+            arguments.fail(fn, TypeError, f"topk_weights must be floating point, got "
+                                          f"{topk_weights.dtype}")
         weights = topk_weights.reshape(-1).astype(xp.float32, copy=False)
     else:
         weights = None
     if validate and sorted_rows and mul_routed_weight and slots:
         top = int(device.to_numpy(sorted_token_ids).max())
         if top > topk_weights.size:
-            raise ValueError(f"{fn}: sorted_token_ids holds id {top} but topk_weights has only "
-                             f"{topk_weights.size} entries (one per replica, T*K, expected)")
+            arguments.fail(fn, ValueError,
+                           f"sorted_token_ids holds id {top} but topk_weights has only "
+                           f"{topk_weights.size} entries (one per replica, T*K, expected)")
         _check_slot_ids(fn, sorted_token_ids, topk_weights.size, config.tile_m, "T*K")
     elif validate and sorted_rows:
         arguments.require_values_in(fn, "sorted_token_ids", sorted_token_ids, 0, INT32_MAX)
@@ -629,8 +671,8 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
         bad = (e < -1) | (e >= w.shape[0])
         if bad.any():
             i = int(np.argmax(bad))
-            raise ValueError(f"{fn}: expert_ids[{i}] = {int(e[i])} is not in [-1, "
-                             f"{w.shape[0]}) (w holds {w.shape[0]} experts)")
+            arguments.fail(fn, ValueError, f"expert_ids[{i}] = {int(e[i])} is not in [-1, "
+                                           f"{w.shape[0]}) (w holds {w.shape[0]} experts)")
     if out_rows == 0 or N == 0 or expert_ids.shape[0] == 0:
         return out
     grid, kernel, args = gemm_launch(a, w, out, weights, sorted_token_ids, expert_ids,
@@ -705,10 +747,11 @@ def moe_sum(y, topk_ids, num_experts: int, *, expert_map=None, positions=None, o
     if has_pos:
         _require_array("positions", positions, 1, fn, ("int32",))
         if positions.shape[0] != T * K:
-            raise ValueError(f"{fn}: positions must be ({T * K},) (one slot per replica), got "
-                             f"{tuple(positions.shape)}")
+            arguments.fail(fn, ValueError,
+                           f"positions must be ({T * K},) (one slot per replica), got "
+                           f"{tuple(positions.shape)}")
     elif y.shape[0] != T * K:
-        raise ValueError(f"{fn}: y has {y.shape[0]} rows, expected T*K = {T * K}")
+        arguments.fail(fn, ValueError, f"y has {y.shape[0]} rows, expected T*K = {T * K}")
     _require_array("topk_ids", topk_ids, 2, fn, ("int32",))
     has_map = expert_map is not None
     if has_map:
@@ -776,8 +819,9 @@ def permute_rows(x, sorted_token_ids, expert_ids, top_k: int, *, out=None, posit
                          out=out, positions=positions)
     slots, num_m = sorted_token_ids.shape[0], expert_ids.shape[0]
     if num_m == 0 or slots % num_m or (slots // num_m) & (slots // num_m - 1):
-        raise ValueError(f"{fn}: sorted_token_ids ({slots}) must hold a power-of-two number of "
-                         f"slots per block of expert_ids ({num_m}), as align() returns them")
+        arguments.fail(fn, ValueError,
+                       f"sorted_token_ids ({slots}) must hold a power-of-two number of "
+                       f"slots per block of expert_ids ({num_m}), as align() returns them")
     tile_m = slots // num_m
     xp = device.array_module(x)
     T, H = x.shape
@@ -792,7 +836,8 @@ def permute_rows(x, sorted_token_ids, expert_ids, top_k: int, *, out=None, posit
     else:
         _require_array("positions", positions, 1, fn, ("int32",))
         if positions.shape[0] != R:
-            raise ValueError(f"{fn}: positions must be ({R},), got {tuple(positions.shape)}")
+            arguments.fail(fn, ValueError,
+                           f"positions must be ({R},), got {tuple(positions.shape)}")
         arguments.require_out(fn, "positions", positions, (R,), np.int32, reads,
                               also=(("out", out),))
     if validate:

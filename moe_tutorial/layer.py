@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 
 from . import activation, arguments, device, routing, tuning
-from .fused_moe import (LayerConfig, TileConfig, default_tile_config, fused_moe_matmul, moe_sum,
+from .fused_moe import (LayerConfig, TileConfig, default_layer_config, fused_moe_matmul, moe_sum,
                         permute_rows)
 
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32")
@@ -166,14 +166,15 @@ def layer_config(num_tokens: int, hidden: int, num_experts: int, intermediate: i
                  top_k: int, dtype, *, config=None, fused_swiglu: bool = False) -> LayerConfig:
     """The tile configs the layer runs with: ``config`` if given (a TileConfig serves both
     GEMMs), else this GPU's tuned table entry for the shape (``tuning.lookup``), else the
-    default rule ``fused_moe.default_tile_config`` for both GEMMs."""
+    default rule ``fused_moe.default_layer_config``."""
     if config is not None:
         return LayerConfig.of(config)
     tuned = tuning.lookup(num_tokens, hidden, num_experts, intermediate, top_k, dtype,
                           fused_swiglu=fused_swiglu)
     if tuned is not None:
         return tuned
-    return LayerConfig.of(default_tile_config(num_tokens, top_k, num_experts, dtype))
+    return default_layer_config(num_tokens, hidden, num_experts, intermediate, top_k, dtype,
+                                fused_swiglu=fused_swiglu)
 
 
 def plan_layer(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize: bool = True,
@@ -308,7 +309,7 @@ def moe_forward(hidden_states, w1, w2, router_logits, top_k: int, *, renormalize
             value drops the replica like -1 -- or, with ``validate=True``, is refused.
         config: tile sizes (and compiler hints) of the two GEMMs: a ``TileConfig`` for both or
             a ``LayerConfig`` per GEMM; default (None): this GPU's tuned table
-            (``moe_tutorial.tuning``), else ``fused_moe.default_tile_config``.
+            (``moe_tutorial.tuning``), else ``fused_moe.default_layer_config``.
         fused_swiglu: GEMM1 computes ``silu(gate) * up`` in its epilogue (one kernel instead
             of GEMM1 + ``silu_and_mul``; the ``(T*K, 2I)`` intermediate is never written).
         validate: also check values -- NaN logits, topk_ids and expert_map in range, the
@@ -392,13 +393,15 @@ class CapturedLayer:
                 if new is None:
                     continue
                 if name not in self.inputs:
-                    raise ValueError(f"CapturedLayer: {name} was not an input of the captured "
-                                     f"layer (it used {', '.join(self.inputs)})")
+                    arguments.fail("CapturedLayer", ValueError,
+                                   f"{name} was not an input of the captured "
+                                   f"layer (it used {', '.join(self.inputs)})")
                 dst = self.inputs[name]
                 if tuple(new.shape) != tuple(dst.shape) or new.dtype != dst.dtype:
-                    raise ValueError(f"CapturedLayer: {name} must be {tuple(dst.shape)} "
-                                     f"{dst.dtype} like the captured one, got "
-                                     f"{tuple(new.shape)} {new.dtype}")
+                    arguments.fail("CapturedLayer", ValueError,
+                                   f"{name} must be {tuple(dst.shape)} "
+                                   f"{dst.dtype} like the captured one, got "
+                                   f"{tuple(new.shape)} {new.dtype}")
                 dst[...] = new
             self.replay()
         caller.wait_event(self.stream.record())        # `out` is ready for the caller's stream
@@ -422,11 +425,12 @@ def capture(hidden_states, w1, w2, router_logits, top_k: int, *, split_steps: bo
     runs twice before the capture (compiling every kernel, and leaving freed blocks of every
     size in the pool, so the capture allocates nothing new)."""
     if kwargs.get("validate"):
-        raise ValueError("capture: validate=True synchronises with the host (value checks), "
-                         "which a CUDA graph cannot record; capture with validate=False")
+        arguments.fail("capture", ValueError,
+                       f"validate=True synchronises with the host (value checks), "
+                       "which a CUDA graph cannot record; capture with validate=False")
     if not all(device.is_gpu_array(a) for a in (hidden_states, w1, w2)):
-        raise TypeError("capture: CUDA graphs need the GPU -- pass CuPy arrays "
-                        "(hidden_states, w1 and w2 are not all CuPy arrays)")
+        arguments.fail("capture", TypeError, f"CUDA graphs need the GPU -- pass CuPy arrays "
+                                             "(hidden_states, w1 and w2 are not all CuPy arrays)")
     import cupy as cp
     stream = cp.cuda.Stream(non_blocking=True)
     pool = cp.cuda.MemoryPool()

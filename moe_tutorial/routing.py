@@ -72,6 +72,10 @@ class AlignSettings:
     min_chunk: int = 64        # ... of at least this many replicas (H100: 64 made align 2.3x
                                # faster at E=1408, T*K=1536 and 1.6x at E=256, T*K=16k than 128)
     max_table: int = 65536     # chunks x padded experts: the count table
+    max_chunk: int = 256       # ... but chunks of at most this many replicas (the scatter
+                               # kernel's loop is unrolled: 2048-replica chunks, DeepSeek-V3 at
+                               # T=40960, took minutes to compile; 256 take ~3 s) ...
+    max_chunks: int = 4096     # ... unless that makes more chunks than this (one scan tile)
     count_elems: int = 16384   # count kernel: (rows, E_PAD) one-hot tiles of about this size
     pair_elems: int = 4096     # scatter kernel: (rows, CHUNK) comparison tiles of about this size
     scan_elems: int = 4096     # offsets kernel: a block scans a (chunks, cols) tile this big
@@ -520,14 +524,16 @@ def _align_layout(num_replicas: int, num_experts: int, tile_m: int,
                   settings: AlignSettings) -> AlignLayout:
     s = settings
     if not 1 <= num_experts <= MAX_EXPERTS:
-        raise ValueError(f"align: num_experts must be in [1, {MAX_EXPERTS}] (every block of the "
-                         f"kernels works on all experts at once), got {num_experts}")
+        args.fail("align", ValueError,
+                  f"num_experts must be in [1, {MAX_EXPERTS}] (every block of the "
+                  f"kernels works on all experts at once), got {num_experts}")
     if tile_m < 1 or tile_m & (tile_m - 1) or tile_m > 1024:
-        raise ValueError(f"align: tile_m must be a power of two <= 1024, got {tile_m}")
+        args.fail("align", ValueError, f"tile_m must be a power of two <= 1024, got {tile_m}")
     n = max(num_replicas, 1)
     e_pad = next_power_of_2(num_experts)
     chunk = next_power_of_2(max(-(-n // s.target_chunks), -(-n * e_pad // s.max_table),
                                 s.min_chunk))
+    chunk = min(chunk, max(next_power_of_2(s.max_chunk), next_power_of_2(-(-n // s.max_chunks))))
     num_chunks = -(-n // chunk)
     size = max_padded_size(num_replicas, num_experts, tile_m)
     num_blocks = size // tile_m
@@ -536,8 +542,9 @@ def _align_layout(num_replicas: int, num_experts: int, tile_m: int,
     scan_cols = min(e_pad, max(1, s.scan_elems // scan_rows))
     # Indices the kernels compute: rows < size, replicas < num_chunks*chunk, TILE_M-block rows.
     if size > INT32_MAX or max(grid * s.blocks_per_tile * tile_m, num_chunks * chunk) > 2**31:
-        raise ValueError(f"align: topk_ids has {num_replicas} replicas: the padded length {size} "
-                         "does not fit int32 indices (T*K + E*(tile_m-1) must stay below 2**31)")
+        args.fail("align", ValueError,
+                  f"topk_ids has {num_replicas} replicas: the padded length {size} "
+                  "does not fit int32 indices (T*K + E*(tile_m-1) must stay below 2**31)")
     up = lambda x: -(-x // _WORKSPACE_ALIGN) * _WORKSPACE_ALIGN  # noqa: E731
     o_expert_ids = up(size)
     o_total = o_expert_ids + up(num_blocks)

@@ -150,8 +150,8 @@ def table_path(gpu: str | None = None) -> Path | None:
     """The table ``lookup`` reads: ``$MOE_TUTORIAL_TUNED_CONFIGS`` if set, else
     ``configs/<gpu name>.json`` for ``gpu`` (default: the current GPU). For the current GPU
     without a table of its own, the table of a GPU of the same architecture (``"arch"`` in the
-    table, e.g. ``sm_90``: an H200 gets the H100's), with a one-line note the first time. None
-    when lookups are off, there is no GPU name or no table fits."""
+    table, e.g. ``sm_90``: the first such table by file name), with a one-line note the first
+    time. None when lookups are off, there is no GPU name or no table fits."""
     env = os.environ.get(ENV_TABLE, "").strip()
     if env.lower() in ("off", "none", "0"):
         return None

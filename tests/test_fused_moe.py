@@ -226,12 +226,32 @@ def test_bad_input_is_refused_with_a_clear_error(bad, match):
 
 
 def test_default_tile_rule():
-    assert fm.default_tile_config(4, 8, 64) == fm.TileConfig(16, 64, 128, 8)     # decode
-    assert fm.default_tile_config(256, 8, 64).tile_m == 32                       # 32 per expert
-    assert fm.default_tile_config(4096, 8, 64) == fm.TileConfig(64, 128, 64, 8)  # prefill
+    T = fm.TileConfig
+    assert fm.default_tile_config(2, 8, 64) == T(16, 64, 128, 2, occupancy=2)   # ~1 per expert
+    assert fm.default_tile_config(48, 8, 64) == T(64, 128, 128, 2)              # 6 per expert
+    assert fm.default_tile_config(2048, 8, 256) == T(128, 128, 64, 2)           # 64 per expert
+    assert fm.default_tile_config(4096, 8, 64) == T(128, 128, 64, 8)            # 512: 4 blocks
     assert fm.default_tile_config(4096, 8, 64, "float32").tile_k == 32
+    # a GEMM one K step deep gets a wider weight tile; the output width caps tile_n
+    assert fm.default_tile_config(256, 6, 1408, depth=32, width=2048) == \
+        T(16, 512, 32, 2, occupancy=2)
+    assert fm.default_tile_config(256, 6, 1408, depth=2048, width=32).tile_n == 32
+    assert fm.default_tile_config(48, 8, 64, depth=16).tile_k == 16
     with pytest.raises(ValueError, match="power of two"):
         fm.TileConfig(24, 64, 64)
+
+
+def test_default_layer_config_per_gemm():
+    """GEMM1 (depth H, width 2I; half the columns with SwiGLU fused) and GEMM2 (depth I,
+    width H) of the rule, as the layer uses them without a tuned table."""
+    unfused = fm.default_layer_config(256, 2048, 1408, 32, 6)
+    fused = fm.default_layer_config(256, 2048, 1408, 32, 6, fused_swiglu=True)
+    assert unfused.gemm1 == fm.TileConfig(16, 64, 128, 2, occupancy=2)
+    assert fused.gemm1.tile_n == 32 and fused.gemm2 == unfused.gemm2
+    assert unfused.gemm2 == fm.TileConfig(16, 512, 32, 2, occupancy=2)
+    big = fm.default_layer_config(4096, 4096, 8, 14336, 2, fused_swiglu=True)
+    assert (big.gemm1.tile_m, big.gemm1.tile_n, big.gemm1.tile_k) == (128, 64, 64)
+    assert big.sorted_rows
 
 
 def test_index_arithmetic_cannot_overflow_int32():

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from moe_tutorial import device, layer, presets, sample_peer
 from moe_tutorial import reference as ref
-from moe_tutorial.fused_moe import LayerConfig, TileConfig, default_tile_config
+from moe_tutorial.fused_moe import (LayerConfig, TileConfig, default_layer_config,
+                                   default_tile_config)
 
 from conftest import examples
 
@@ -373,11 +374,12 @@ def test_config_none_uses_the_tuned_table_then_the_default_rule(xp, rng, tmp_pat
     x2, w1b, w2b, logits2 = _problem(xp, rng, T, H + 8, E, I, "float32")   # another H
     other = layer.plan_layer(xp.asarray(x2), xp.asarray(w1b), xp.asarray(w2b),
                              xp.asarray(logits2), K)
-    assert other.config == LayerConfig.of(default_tile_config(T, K, E, "float32"))
+    assert other.config == default_layer_config(T, H + 8, E, I, K, "float32")
     assert other.config.sorted_rows
     monkeypatch.setenv("MOE_TUTORIAL_TUNED_CONFIGS", "off")
-    assert layer.plan_layer(*args).config == LayerConfig.of(default_tile_config(T, K, E,
-                                                                                "float32"))
+    assert layer.plan_layer(*args).config == default_layer_config(T, H, E, I, K, "float32")
+    assert layer.plan_layer(*args, fused_swiglu=True).config == \
+        default_layer_config(T, H, E, I, K, "float32", fused_swiglu=True)
 
 
 def test_a_broken_tuned_table_falls_back_with_a_warning(xp, rng, tmp_path, monkeypatch):

@@ -456,6 +456,19 @@ def test_align_many_chunks_and_expert_slices(xp, rng):
         _run_align(xp, topk_ids, e, 4, settings=small)
 
 
+def test_align_chunks_stay_small_enough_to_compile():
+    """The scatter kernel's loop over a chunk is unrolled (its cubin grows with the chunk): 2048-
+    replica chunks, DeepSeek-V3 at T=40960, took minutes to compile on an H200. Chunks stay at
+    ``max_chunk`` replicas, and grow past it only when there would be more than ``max_chunks``."""
+    s = routing.ALIGN_SETTINGS
+    for n, e in ((40960 * 8, 256), (65536 * 2, 8), (16384, 2048), (65536, 4096)):
+        lay = routing._align_layout(n, e, 64, s)
+        assert lay.chunk <= s.max_chunk and lay.num_chunks <= s.max_chunks, (n, e, lay)
+        assert lay.num_chunks * lay.chunk >= n
+    huge = routing._align_layout(2**24, 8, 64, s)
+    assert huge.chunk == 2**24 // s.max_chunks and huge.num_chunks == s.max_chunks
+
+
 @pytest.mark.parametrize("t,k,e,tile_m", [(4096, 8, 128, 64), (300, 8, 512, 16)])
 def test_align_large(xp, rng, t, k, e, tile_m):
     """T*K = 32k replicas (the benchmark's size) on 128 experts; E = 512."""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from moe_tutorial import presets, tuning
-from moe_tutorial.fused_moe import LayerConfig, TileConfig, default_tile_config
+from moe_tutorial.fused_moe import LayerConfig, TileConfig, rule_tiles
 
 SHAPE = dict(T=64, H=2048, E=128, I=768, K=8)
 G1, G1S, G2 = TileConfig(16, 64, 128), TileConfig(16, 32, 256, latency=10), \
@@ -156,8 +156,7 @@ def test_candidates_start_with_the_default_rule_and_fit_the_problem():
     for tile_m, n, kd, per_expert, space in ((16, 1536, 2048, 1, tuning.SMALL_M),
                                              (64, 2048, 768, 4, tuning.MEMORY_BOUND),
                                              (128, 28672, 4096, 1024, tuning.COMPUTE_BOUND)):
-        rule_n, rule_k = default_tile_config(1 if tile_m < 64 else 10**6, 1, 1).tile_n, \
-            default_tile_config(1 if tile_m < 64 else 10**6, 1, 1).tile_k
+        rule_n, rule_k = rule_tiles(tile_m)
         c = tuning.gemm_candidates(tile_m, n, kd, per_expert=per_expert)
         assert c[0] == TileConfig(tile_m, rule_n, rule_k, 8)
         assert len(c) == len(set(c)) >= len(space) and all(x.tile_m == tile_m for x in c)
