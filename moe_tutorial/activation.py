@@ -174,9 +174,9 @@ def _supported_dtypes(xp):
 
 
 def _check_tile(name: str, value) -> int:
-    value = arguments.require_int(None, name, value)
+    value = arguments.require_int(FN, name, value)
     if value < 1 or value & (value - 1):
-        arguments.fail(None, ValueError, f"{name} must be a positive power of two, got {value}")
+        arguments.fail(FN, ValueError, f"{name} must be a positive power of two, got {value}")
     return value
 
 
@@ -224,7 +224,7 @@ def _prepare(x, out):
                      or any(s == 0 and n > 1 for s, n in zip(out.strides, out.shape))):
         arguments.fail(FN, ValueError, f"out must have positive strides that are whole elements; "
                                        f"got strides {out.strides} (bytes)")
-    arguments.require_out(None, "out", out, out.shape, out.dtype, (("x", x),))
+    arguments.require_out(FN, "out", out, out.shape, out.dtype, (("x", x),))
     return xp, x, out, M, I
 
 

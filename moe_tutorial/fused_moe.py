@@ -422,7 +422,8 @@ def default_tile_config(num_tokens: int, top_k: int, num_experts: int, dtype="fl
       ``tile_k``.
     * ``depth`` (the GEMM's K extent, if given) no deeper than ``tile_k``: one K step, so the
       block loads all its weights at once -- it gets a wider tile instead (fewer, fuller blocks:
-      GEMM2 of 1408 narrow experts, I=32, ran 7x faster with 16x512x32 than with 16x64x32).
+      GEMM2 of 1408 narrow experts, I=32, ran 7x faster with 16x512x32 than with 16x64x32 on
+      an H200).
       ``width`` (the output width, if given) caps ``tile_n``.
     * ``group_size_m``: 8 (Triton's matmul tutorial) when an expert's replicas fill four or more
       m-blocks, whose blocks then share weight tiles; else 2, so the blocks running together
@@ -712,8 +713,9 @@ def gemm_launch(a, w, out, weights, sorted_token_ids, expert_ids, *, top_k: int,
         # Seen twice on an H100 80GB HBM3 (cuda-tile 1.7, tileiras 13.4): DeepSeek-V3's GEMM2
         # (int64 kernel) with num_ctas=2 raised "an illegal memory access", which poisons the
         # CUDA context. Clusters on the int32 kernel ran correctly (Mixtral prefill, tests).
-        raise ValueError(f"config.num_ctas={cfg.num_ctas} is refused for weights that need 64-bit "
-                         "indexing (it faulted on an H100); use num_ctas=None or 1")
+        arguments.fail("fused_moe_matmul", ValueError,
+                       f"config.num_ctas={cfg.num_ctas} is refused for weights that need 64-bit "
+                       "indexing (it faulted on an H100); use num_ctas=None or 1")
     return (num_m * ct.cdiv(n, cfg.tile_n),), hinted(base, cfg.occupancy, cfg.num_ctas), args
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import cuda.tile as ct
 import numpy as np
 
-from . import device
+from . import arguments, device
 from .compile import array
 
 DEFAULT_TILE = 1024
+FN = "vector_add"     # the name argument errors start with
 # dtypes the host wrapper accepts (bfloat16 only on the CPU: CuPy has no bfloat16)
 _DTYPES = ("float16", "bfloat16", "float32", "float64", "int32", "int64")
 
@@ -37,32 +38,36 @@ def vector_add(a, b, *, out=None, tile: int = DEFAULT_TILE):
     ``out``: optional array of the same shape, dtype and device to write into."""
     for name, x in (("a", a), ("b", b)):
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-            raise TypeError(f"vector_add: {name} must be a NumPy or CuPy array, "
-                            f"got {type(x).__name__}")
+            arguments.fail(FN, TypeError, f"{name} must be a NumPy or CuPy array, "
+                                          f"got {type(x).__name__}")
         if x.ndim != 1:
-            raise ValueError(f"vector_add: {name} must be 1-D, got shape {tuple(x.shape)}")
+            arguments.fail(FN, ValueError, f"{name} must be 1-D, got shape {tuple(x.shape)}")
         if np.dtype(x.dtype).name not in _DTYPES:
-            raise TypeError(f"vector_add: {name} has dtype {x.dtype}; supported: "
-                            f"{', '.join(_DTYPES)}")
+            arguments.fail(FN, TypeError, f"{name} has dtype {x.dtype}; supported: "
+                                          f"{', '.join(_DTYPES)}")
     if a.shape != b.shape:
-        raise ValueError(f"vector_add: a and b must have the same shape, got {tuple(a.shape)} "
-                         f"and {tuple(b.shape)}")
+        arguments.fail(FN, ValueError,
+                       f"a and b must have the same shape, got {tuple(a.shape)} "
+                       f"and {tuple(b.shape)}")
     if a.dtype != b.dtype:
-        raise TypeError(f"vector_add: a and b must have the same dtype, got {a.dtype} and "
-                        f"{b.dtype}")
+        arguments.fail(FN, TypeError,
+                       f"a and b must have the same dtype, got {a.dtype} and "
+                       f"{b.dtype}")
     if device.is_gpu_array(a) != device.is_gpu_array(b):
-        raise TypeError("vector_add: a and b must be on the same device (both CuPy or both NumPy)")
+        arguments.fail(FN, TypeError,
+                       "a and b must be on the same device (both CuPy or both NumPy)")
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) \
             or not _is_power_of_two(int(tile)):
-        raise ValueError(f"vector_add: tile must be a positive power of two, got {tile!r}")
+        arguments.fail(FN, ValueError, f"tile must be a positive power of two, got {tile!r}")
     if out is None:
         out = device.array_module(a, b).empty_like(a)
     elif (not hasattr(out, "shape") or out.shape != a.shape or out.dtype != a.dtype
           or device.is_gpu_array(out) != device.is_gpu_array(a)):
-        raise ValueError(f"vector_add: out must be a {a.dtype} array of shape {tuple(a.shape)} "
-                         f"on the same device as a, got "
-                         f"{getattr(out, 'dtype', type(out).__name__)} "
-                         f"{tuple(getattr(out, 'shape', ()))}")
+        arguments.fail(FN, ValueError,
+                       f"out must be a {a.dtype} array of shape {tuple(a.shape)} "
+                       f"on the same device as a, got "
+                       f"{getattr(out, 'dtype', type(out).__name__)} "
+                       f"{tuple(getattr(out, 'shape', ()))}")
     n = a.shape[0]
     if n == 0:
         return out

@@ -27,8 +27,9 @@ DRAM as in a real model) over a short list of candidates per shape class:
 
 * ``tile_m`` 64 and 128 (16 and 64 when experts see ~1 token): one alignment feeds both GEMMs,
   so ``tile_m`` is chosen for the pair -- the fastest SwiGLU-fused GEMM1 + GEMM2. On an H100
-  the default rule's 16-row blocks streamed decode weights at ~1.1 TB/s where 128-row blocks
-  reach ~2.7 TB/s (the MMA work wasted on padding rows is free while memory is the limit);
+  16-row blocks (the default rule's choice for decode then) streamed decode weights at ~1.1 TB/s
+  where 128-row blocks reached ~2.7 TB/s (the MMA work wasted on padding rows is free while
+  memory is the limit);
 * memory-bound GEMMs (fewer than 64 tokens per expert) try tiles that keep many weight bytes
   in flight, the ``latency`` hint and two-block clusters; compute-bound ones try bigger output
   tiles, clusters (``num_ctas=2``) and ``occupancy=1``; the SwiGLU GEMM uses half the

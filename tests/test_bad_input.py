@@ -189,3 +189,25 @@ def test_align_bounds_num_experts_quickly():
     with pytest.raises(ValueError, match=r"align: num_experts must be in \[1, 4096\]"):
         routing.align(np.zeros((4, 2), np.int32), 2**17, 16)
     assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: mt.silu_and_mul(np.zeros((4, 7), np.float32)), "silu_and_mul"),
+    (lambda: mt.silu_and_mul(np.zeros((4, 8), np.float32), tile_m=3), "silu_and_mul"),
+    (lambda: mt.vector_add(np.zeros(4), np.zeros(5)), "vector_add"),
+    (lambda: mt.align(np.zeros((2, 2), np.int32), 0, 16), "align"),
+    (lambda: mt.fused_moe_matmul(np.zeros((4, 8), np.float32), np.zeros((2, 8, 9), np.float32),
+                                 np.zeros(16, np.int32), np.zeros(2, np.int32), top_k=1),
+     "fused_moe_matmul"),
+    (lambda: mt.moe_sum(np.zeros((6, 8), np.float32), np.zeros((3, 2), np.int32), num_experts=4.7),
+     "moe_sum"),
+    (lambda: mt.moe_forward(np.zeros((4, 8), np.float32), np.zeros((2, 6, 8), np.float32),
+                            np.zeros((2, 8, 3), np.float32), np.zeros((4, 3), np.float32), 1),
+     "moe_forward"),
+])
+def test_argument_errors_start_with_the_function_name(call, name):
+    """Every argument error goes through ``moe_tutorial.arguments`` and names its function
+    first, then the argument."""
+    with pytest.raises((TypeError, ValueError)) as info:
+        call()
+    assert str(info.value).startswith(f"{name}: "), str(info.value)
