@@ -33,6 +33,7 @@ import numpy as np
 import cuda.tile as ct
 
 from . import arguments, device, reference
+from .routing import next_power_of_2
 
 FN = "silu_and_mul"     # the name argument errors start with
 
@@ -103,9 +104,7 @@ TILE_N_CHOICES = (512, 256)      # column-tile widths for rows wider than 256, w
 MAX_GRID_Y = 65535               # CUDA's limit on the second grid axis (column tiles)
 
 
-def next_pow2(n: int) -> int:
-    """The smallest power of two >= n (1 for n <= 1)."""
-    return 1 << max(int(n) - 1, 0).bit_length()
+next_pow2 = next_power_of_2      # the smallest power of two >= n (1 for n <= 1)
 
 
 def padded_width(I: int, tile_n: int) -> int:

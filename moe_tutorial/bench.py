@@ -170,13 +170,14 @@ class Budget:
 
 
 def _configs(shape, dtype="float16"):
-    """(default, tuned unfused, tuned fused) LayerConfigs; tuned ones may equal the default."""
+    """(default, tuned unfused, default fused, tuned fused) LayerConfigs; a tuned one is its
+    default when the table has no entry."""
     T, H, E, I, K = shape.dims
     default = default_layer_config(T, H, E, I, K, dtype)
+    default_fused = default_layer_config(T, H, E, I, K, dtype, fused_swiglu=True)
     tuned = tuning.lookup(T, H, E, I, K, dtype) or default
-    fused = (tuning.lookup(T, H, E, I, K, dtype, fused_swiglu=True)
-             or default_layer_config(T, H, E, I, K, dtype, fused_swiglu=True))
-    return default, tuned, fused
+    fused = tuning.lookup(T, H, E, I, K, dtype, fused_swiglu=True) or default_fused
+    return default, tuned, default_fused, fused
 
 
 def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = False,
@@ -192,8 +193,11 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
     args = [prob[k] for k in ("hidden_states", "w1", "w2", "router_logits")]
     kw = dict(e_score_correction_bias=prob.get("e_score_correction_bias"), **p.router_kwargs())
     weights, ids = tuning.route(shape, prob)
-    default, tuned, fused = _configs(shape)
-    default_fused = default_layer_config(T, H, E, I, K, "float16", fused_swiglu=True)
+    default, tuned, default_fused, fused = _configs(shape)
+    config_of = {     # our variants' layer configs (the SwiGLU epilogue: the keys in FUSED)
+        "fused": fused, "graph_fused": fused, "fused_tb": fused.replace(transpose_b=True),
+        "tuned": tuned, "graph": tuned, "default": default, "graph_default_unfused": default,
+        "gather": default.replace(sorted_rows=False), "graph_default": default_fused}
     sample_align = {}
 
     def sample_aligned():
@@ -201,15 +205,13 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
             sample_align["a"] = sample_peer.align(ids, E)
         return sample_align["a"]
 
+    def ours(key):    # the eager layer of one of our variants
+        return lambda: layer.moe_forward(*args, K, config=config_of[key],
+                                         fused_swiglu=key in FUSED, **kw)
+
     makers = {    # key -> () -> the eager callable to check and time
-        "fused": lambda: (lambda: layer.moe_forward(*args, K, config=fused, fused_swiglu=True,
-                                                    **kw)),
-        "tuned": lambda: (lambda: layer.moe_forward(*args, K, config=tuned, **kw)),
-        "default": lambda: (lambda: layer.moe_forward(*args, K, config=default, **kw)),
-        "fused_tb": lambda: (lambda: layer.moe_forward(
-            *args, K, config=fused.replace(transpose_b=True), fused_swiglu=True, **kw)),
-        "gather": lambda: (lambda: layer.moe_forward(
-            *args, K, config=default.replace(sorted_rows=False), **kw)),
+        **{key: (lambda key=key: ours(key))
+           for key in ("fused", "tuned", "default", "fused_tb", "gather")},
         "sample_kernels": lambda: (lambda: sample_peer.moe_forward_aligned(
             args[0], args[1], args[2], weights, ids, *sample_aligned())),
         "sample_e2e": lambda: (lambda: sample_peer.moe_forward(args[0], args[1], args[2],
@@ -218,11 +220,9 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
                                                                     weights, ids)),
     }
     if warm_only:
-        warm = [makers[k]() for k in ("fused", "tuned", "default", "gather", "fused_tb",
-                                      "sample_kernels")]
-        warm.append(lambda: layer.moe_forward(*args, K, config=default_fused,
-                                              fused_swiglu=True, **kw))
-        for fn in warm:
+        warm = [ours(k) for k in ("fused", "tuned", "default", "gather", "fused_tb",
+                                  "graph_default")]
+        for fn in warm + [makers["sample_kernels"]()]:
             try:
                 fn()
             except Exception:  # noqa: BLE001 - the timing run reports it
@@ -293,10 +293,8 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
             continue
         if key.startswith("graph"):
             try:
-                cl = layer.capture(*args, K, config={"graph_fused": fused, "graph": tuned,
-                                                     "graph_default": default_fused,
-                                                     "graph_default_unfused": default}[key],
-                                   fused_swiglu=key in FUSED, **kw)
+                cl = layer.capture(*args, K, config=config_of[key], fused_swiglu=key in FUSED,
+                                   **kw)
             except Exception as exc:  # noqa: BLE001
                 row["variants"][key] = {"error": f"capture failed: {type(exc).__name__}: "
                                                  f"{str(exc)[:160]}"}
@@ -325,11 +323,7 @@ def bench_shape(shape, ceilings=None, *, peers: bool = True, warm_only: bool = F
     best = best_ours(row)
     if best is not None and not budget.spent(0.95):
         try:
-            config = {"graph_fused": fused, "fused": fused, "graph": tuned, "tuned": tuned,
-                      "graph_default": default_fused, "graph_default_unfused": default,
-                      "default": default, "fused_tb": fused.replace(transpose_b=True),
-                      "gather": default.replace(sorted_rows=False)}[best]
-            cl = layer.capture(*args, K, config=config, split_steps=True,
+            cl = layer.capture(*args, K, config=config_of[best], split_steps=True,
                                fused_swiglu=best in FUSED, **kw)
             row["steps_us"] = {name: timing.graph_ms([g], cl.stream) * 1e3
                                for name, g in zip(cl.step_names, cl.graphs)}

@@ -52,6 +52,7 @@ import numpy as np
 from . import arguments, device, reference
 from .activation import silu_mul_f32
 from .compile import array, scalar
+from .routing import next_power_of_2
 
 ConstInt = ct.Constant[int]
 ConstBool = ct.Constant[bool]
@@ -434,11 +435,11 @@ def default_tile_config(num_tokens: int, top_k: int, num_experts: int, dtype="fl
     tile_m = 16 if per_expert <= 2 else 64 if per_expert < 64 else 128
     tile_n, tile_k = rule_tiles(tile_m, dtype)
     if depth is not None and depth <= tile_k:
-        shallow_k = max(16, _next_pow2(depth))
+        shallow_k = max(16, next_power_of_2(depth))
         tile_n = max(tile_n, min(2 * tile_n * tile_k // shallow_k, 8192 // tile_m))
         tile_k = shallow_k
     if width is not None:
-        tile_n = min(tile_n, max(16, _next_pow2(width)))
+        tile_n = min(tile_n, max(16, next_power_of_2(width)))
     group = 8 if per_expert >= 4 * tile_m else 2
     return TileConfig(tile_m, tile_n, tile_k, group, occupancy=2 if tile_m < 64 else None)
 
@@ -464,10 +465,6 @@ def rule_tiles(tile_m: int, dtype="float16") -> tuple[int, int]:
     if np.dtype(dtype).itemsize >= 4:
         tile_k //= 2
     return tile_n, tile_k
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -618,8 +615,8 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
     if swiglu:
         if mul_routed_weight:
             arguments.fail(fn, ValueError,
-                           f"swiglu=True is GEMM1 (gate+up); the router weight belongs "
-                           f"to GEMM2 (mul_routed_weight=False here)")
+                           "swiglu=True is GEMM1 (gate+up); the router weight belongs "
+                           "to GEMM2 (mul_routed_weight=False here)")
         if w.shape[1] % 2:
             arguments.fail(fn, ValueError,
                            f"swiglu=True needs w = (E, 2I, Kd) with gate and up halves; "
@@ -636,7 +633,7 @@ def fused_moe_matmul(a, w, sorted_token_ids, expert_ids, *, top_k: int, topk_wei
                           ("expert_ids", expert_ids), ("topk_weights", topk_weights)))
     if mul_routed_weight:
         if topk_weights is None:
-            arguments.fail(fn, ValueError, f"mul_routed_weight=True needs topk_weights")
+            arguments.fail(fn, ValueError, "mul_routed_weight=True needs topk_weights")
         if sorted_rows:
             # T*K is not known on the host here; it is at most the number of slots, and with
             # validate=True every id of sorted_token_ids must be a replica (< T*K) or the

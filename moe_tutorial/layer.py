@@ -426,10 +426,10 @@ def capture(hidden_states, w1, w2, router_logits, top_k: int, *, split_steps: bo
     size in the pool, so the capture allocates nothing new)."""
     if kwargs.get("validate"):
         arguments.fail("capture", ValueError,
-                       f"validate=True synchronises with the host (value checks), "
+                       "validate=True synchronises with the host (value checks), "
                        "which a CUDA graph cannot record; capture with validate=False")
     if not all(device.is_gpu_array(a) for a in (hidden_states, w1, w2)):
-        arguments.fail("capture", TypeError, f"CUDA graphs need the GPU -- pass CuPy arrays "
+        arguments.fail("capture", TypeError, "CUDA graphs need the GPU -- pass CuPy arrays "
                                              "(hidden_states, w1 and w2 are not all CuPy arrays)")
     import cupy as cp
     stream = cp.cuda.Stream(non_blocking=True)

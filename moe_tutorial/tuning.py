@@ -5,7 +5,7 @@ JSON table per GPU model, ``moe_tutorial/configs/<GPU name>.json`` (the name as 
 every run of characters other than letters and digits replaced by ``_``: ``NVIDIA H100 80GB
 HBM3`` -> ``NVIDIA_H100_80GB_HBM3.json``). ``moe_forward(config=None)`` looks the layer's shape
 up in the table of the GPU it runs on (``lookup``) and falls back to the documented default
-rule (``fused_moe.default_tile_config``) when there is no table, no entry for the layer's
+rule (``fused_moe.default_layer_config``) when there is no table, no entry for the layer's
 ``(H, E, I, K)`` or none for a token count within a factor of 4, or the dtype is not the
 table's. ``MOE_TUTORIAL_TUNED_CONFIGS=<file>`` uses that table instead; ``=off`` disables the
 lookup. A broken table is reported once (a warning) and ignored -- it never breaks the layer.
@@ -60,7 +60,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .fused_moe import LayerConfig, TileConfig, default_tile_config, rule_tiles
+from .fused_moe import LayerConfig, TileConfig, rule_tiles
+from .routing import next_power_of_2
 
 FORMAT = 1
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -229,7 +230,7 @@ def lookup(num_tokens: int, hidden: int, num_experts: int, intermediate: int, to
            dtype, *, fused_swiglu: bool = False, gpu: str | None = None,
            path=None) -> LayerConfig | None:
     """The tuned LayerConfig for this layer shape on this GPU, or None (then the caller uses
-    ``default_tile_config``). Picks, among the entries with the same ``(H, E, I, K)``, the one
+    ``default_layer_config``). Picks, among the entries with the same ``(H, E, I, K)``, the one
     whose token count is nearest (in ratio, at most ``MAX_TOKEN_RATIO`` away); GEMM1 is the
     SwiGLU-fused config when ``fused_swiglu``."""
     loaded = load_table(path if path is not None else table_path(gpu))
@@ -305,10 +306,6 @@ MEMORY_BOUND_PER_EXPERT = 32    # fewer tokens per expert: MEMORY_BOUND only
 COMPUTE_BOUND_PER_EXPERT = 512  # this many or more: COMPUTE_BOUND only; between: both
 
 
-def _pow2_at_least(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
-
-
 def tile_m_choices(num_tokens: int, top_k: int, num_experts: int) -> list[int]:
     """``tile_m`` candidates: 64 and 128, or 16 and 64 when experts get at most 2 tokens on
     average (see ``MEMORY_BOUND``)."""
@@ -331,7 +328,7 @@ def gemm_candidates(tile_m: int, n: int, kd: int, *, per_expert: float = 1.0,
         space = (MEMORY_BOUND if per_expert < MEMORY_BOUND_PER_EXPERT else
                  COMPUTE_BOUND if per_expert >= COMPUTE_BOUND_PER_EXPERT else
                  MEMORY_BOUND + COMPUTE_BOUND)
-    max_n, max_k = max(16, _pow2_at_least(n)), max(16, _pow2_at_least(kd))
+    max_n, max_k = max(16, next_power_of_2(n)), max(16, next_power_of_2(kd))
     out = []
     for tn, tk, extra in ((rule_n, rule_k, {}), *space):
         if swiglu:
@@ -346,7 +343,7 @@ def unfused_from_swiglu(cfg: TileConfig, n: int) -> TileConfig:
     """The unfused GEMM1's config (output width ``n`` = 2I) from the SwiGLU winner: twice the
     columns (one accumulator holds what the fused kernel's two do, and a block reads the same
     weight rows), the rest unchanged. Derived, not searched: it saves a compile per candidate."""
-    return dataclasses.replace(cfg, tile_n=min(cfg.tile_n * 2, max(16, _pow2_at_least(n))))
+    return dataclasses.replace(cfg, tile_n=min(cfg.tile_n * 2, max(16, next_power_of_2(n))))
 
 
 # ---------------------------------------------------------------------------------------------
