@@ -306,16 +306,16 @@ def kernel_problem(kernel) -> str | None:
     return f"expected a @ct.kernel function, got {type(kernel).__name__}"
 
 
-def matches(got, candidates: dict, rtol: float = 1e-5, atol: float = 1e-6) -> str | None:
-    """The first name in ``candidates`` (name -> array) whose array ``got`` matches, else None."""
+def looks_like(got, candidates: dict, rtol: float = 1e-5, atol: float = 1e-6) -> str:
+    """``"; the result looks like <name>"`` for the first name in ``candidates`` (name -> array
+    of a typical wrong answer) whose array ``got`` matches, else ``""``: the end of a FAIL
+    message."""
     try:
         g = device.to_numpy(got).astype(np.float64)
     except Exception:  # noqa: BLE001
-        return None
+        return ""
     for name, c in candidates.items():
         c = np.asarray(c, dtype=np.float64)
         if c.shape == g.shape and np.allclose(g, c, rtol=rtol, atol=atol):
-            return name
-    return None
-
-
+            return f"; the result looks like {name}"
+    return ""

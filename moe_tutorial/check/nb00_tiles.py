@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import device
-from .core import (HINTS, Verdict, attempt, compare, kernel_problem, matches, poisoned, report,
+from .core import (HINTS, Verdict, attempt, compare, kernel_problem, looks_like, poisoned, report,
                    run_trials)
 from .core import rng as _rng, xp as _xp
 
@@ -88,12 +88,11 @@ def axpy(kernel, *, tile: int = 256, trials: int = 5, hint: int = 0) -> Verdict:
         want = alpha * x.astype(np.float64) + y.astype(np.float64)
         ok, message = compare(out, want, rtol=1e-5, atol=1e-5, what=f"out (n={n})")
         if not ok:
-            wrong = matches(out, {"y alone (alpha * x is missing)": y,
-                                   "alpha * x alone (y is missing)": alpha * x.astype(np.float64),
-                                   "x + y (alpha is ignored)": x.astype(np.float64) + y,
-                                   "x * alpha * y": alpha * x.astype(np.float64) * y})
-            if wrong:
-                message += f"; the result looks like {wrong}"
+            ax = alpha * x.astype(np.float64)
+            message += looks_like(out, {"y alone (alpha * x is missing)": y,
+                                         "alpha * x alone (y is missing)": ax,
+                                         "x + y (alpha is ignored)": x.astype(np.float64) + y,
+                                         "x * alpha * y": ax * y})
         return ok, message
 
     return run_trials("axpy", len(sizes), trial, what="random vectors",
@@ -127,9 +126,7 @@ def add_bias(kernel, *, tile_m: int = 16, tile_n: int = 32, trials: int = 4,
         want = x.astype(np.float64) + bias.astype(np.float64)[None, :]
         ok, message = compare(out, want, rtol=1e-6, atol=1e-6, what=f"out ({m}x{n})")
         if not ok:
-            wrong = matches(out, {"x alone (the bias was not added)": x})
-            if wrong:
-                message += f"; the result looks like {wrong}"
+            message += looks_like(out, {"x alone (the bias was not added)": x})
         return ok, message
 
     return run_trials("add_bias", len(shapes), trial, what="random matrices",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import device
-from .core import (HINTS, Verdict, attempt, compare, kernel_problem, matches, poisoned, pow2,
+from .core import (HINTS, Verdict, attempt, compare, kernel_problem, looks_like, poisoned, pow2,
                    report, run_trials)
 from .core import rng as _rng, xp as _xp
 
@@ -65,14 +65,14 @@ def router_softmax(kernel, *, tile_t: int = 8, trials: int = 5, hint: int = 0) -
             padded = np.concatenate([x, np.zeros((t, e_pad - e))], axis=1)
             zero_pad = np.exp(padded - padded.max(axis=1, keepdims=True))
             zero_pad = (zero_pad / zero_pad.sum(axis=1, keepdims=True))[:, :e]
-            wrong = matches(probs, {
+            wrong = looks_like(probs, {
                 "exp(x - max) without dividing by the row sum":
                     np.exp(x - x.max(axis=1, keepdims=True)),
                 "a softmax in which the E_PAD - E padding columns count as logits of 0 "
                 "(pad with -inf: padding_mode=ct.PaddingMode.NEG_INF)": zero_pad,
                 "the logits themselves": x})
             if wrong:
-                message += f"; the result looks like {wrong}"
+                message += wrong
             elif offset and not np.isfinite(device.to_numpy(probs)).all():
                 message += (f" -- these logits are about {offset:g}: exp() of them overflows "
                             f"float32 (beyond 88.7) unless the row max is subtracted first")
@@ -118,12 +118,10 @@ def expert_histogram(kernel, *, tile: int = 64, trials: int = 5, hint: int = 0) 
             pad = -(-n // tile) * tile - n
             extra0 = want.copy()
             extra0[0] += pad + int((ids < 0).sum())
-            wrong = matches(counts, {
+            message += looks_like(counts, {
                 "nothing counted (all zeros)": np.zeros(e),
                 "the right counts plus every padding element / -1 id counted as expert 0 "
                 "(pad the gather with -1: atomic_add skips out-of-bounds indices)": extra0})
-            if wrong:
-                message += f"; the result looks like {wrong}"
         return ok, message
 
     return run_trials("expert_histogram", len(cases), trial,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import device
-from .core import (HINTS, Verdict, attempt, compare, kernel_problem, matches, number_mistake,
+from .core import (HINTS, Verdict, attempt, compare, kernel_problem, looks_like, number_mistake,
                    poisoned, report,
                    run_trials)
 from .core import rng as _rng, xp as _xp
@@ -127,9 +127,7 @@ def silu_and_mul_row_loop(kernel, *, tile_n: int = 32, trials: int = 6, hint: in
         ok, message = compare(out, activation.silu_and_mul_reference(x), rtol=rtol, atol=atol,
                                what=f"out ({M}x{I}, {np.dtype(dtype).name}, TILE_N={tile_n})")
         if not ok:
-            wrong = matches(out, _swiglu_wrong_answers(x), rtol=10 * rtol, atol=10 * atol)
-            if wrong:
-                message += f"; the result looks like {wrong}"
+            message += looks_like(out, _swiglu_wrong_answers(x), rtol=10 * rtol, atol=10 * atol)
         return ok, message
 
     return run_trials("silu_and_mul_row_loop", len(widths), trial, what="widths",
@@ -173,7 +171,7 @@ def geglu(kernel, *, tile_m: int = 8, tile_n: int = 32, trials: int = 5, hint: i
         if not ok:
             from math import erf
             gelu_erf = 0.5 * g * (1.0 + np.vectorize(erf)(g / np.sqrt(2.0)))
-            wrong = matches(out, {
+            message += looks_like(out, {
                 **_swiglu_wrong_answers(x),
                 "silu(gate) * up — that is SwiGLU; GeGLU uses gelu instead of silu":
                     g / (1.0 + np.exp(-g)) * u,
@@ -182,8 +180,6 @@ def geglu(kernel, *, tile_m: int = 8, tile_n: int = 32, trials: int = 5, hint: i
                 "gelu(up) * gate (the halves are swapped)": gelu_tanh_reference(u) * g,
                 "gelu(gate) without the multiplication by up": gelu_tanh_reference(g)},
                 rtol=10 * rtol, atol=10 * atol)
-            if wrong:
-                message += f"; the result looks like {wrong}"
         return ok, message
 
     return run_trials("geglu", len(shapes), trial, what="random inputs",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import device
-from .core import (HINTS, Verdict, attempt, compare, kernel_problem, matches, poisoned, report,
+from .core import (HINTS, Verdict, attempt, compare, kernel_problem, looks_like, poisoned, report,
                    run_trials)
 from .core import rng as _rng, xp as _xp
 
@@ -83,11 +83,9 @@ def moe_gather_rows(kernel, *, tile_m: int = 16, tile_h: int = 32, trials: int =
             no_div = np.zeros_like(want)
             inside = sorted_ids < T
             no_div[inside] = x[sorted_ids[inside]]
-            wrong = matches(out, {"zeros (nothing gathered yet)": np.zeros_like(want),
-                                  "X[sorted_token_ids] — the replica index was not divided "
-                                  "by TOP_K": no_div})
-            if wrong:
-                message += f"; the result looks like {wrong}"
+            message += looks_like(out, {"zeros (nothing gathered yet)": np.zeros_like(want),
+                                        "X[sorted_token_ids] — the replica index was not divided "
+                                        "by TOP_K": no_div})
         return ok, message
 
     return run_trials("moe_gather_rows", len(cases), trial,
@@ -137,11 +135,9 @@ def moe_scatter_weighted(kernel, *, tile_m: int = 16, tile_n: int = 32, trials: 
             slot_w[:n] = weights.reshape(-1)[:n]
             by_slot = np.zeros_like(want)
             by_slot[sorted_ids[valid]] = y[valid] * slot_w[valid, None]
-            wrong = matches(out, {"the rows scattered without the router weight": unweighted,
-                                   "weights looked up by slot s instead of by replica r":
-                                       by_slot})
-            if wrong:
-                message += f"; the result looks like {wrong}"
+            message += looks_like(out, {"the rows scattered without the router weight": unweighted,
+                                         "weights looked up by slot s instead of by replica r":
+                                             by_slot})
         return ok, message
 
     return run_trials("moe_scatter_weighted", len(cases), trial,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import device
-from .core import (HINTS, Verdict, attempt, compare, kernel_problem, matches, number_mistake,
+from .core import (HINTS, Verdict, attempt, compare, kernel_problem, looks_like, number_mistake,
                    poisoned, report,
                    run_trials)
 from .core import rng as _rng, xp as _xp
@@ -67,14 +67,12 @@ def moe_swiglu_gemm(kernel, *, tile_m: int = 16, tile_n: int = 16, tile_k: int =
         ok, message = compare(out, want, rtol=1e-4, atol=1e-5,
                                what=f"C (M={M}, N={N}, Kd={Kd})")
         if not ok:
-            wrong = matches(out, {
+            message += looks_like(out, {
                 "silu(gate) alone (the up product is missing)": silu(g),
                 "the gate product alone (no up product, no silu)": g,
                 "gate * up without the silu": g * u,
                 "silu(up) * gate (gate and up swapped)": silu(u) * g,
                 "silu(gate + up)": silu(g + u)}, rtol=1e-4, atol=1e-5)
-            if wrong:
-                message += f"; the result looks like {wrong}"
         return ok, message
 
     return run_trials("moe_swiglu_gemm", len(cases), trial, what="matrix shapes",
